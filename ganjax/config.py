@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     t = c.train = ml_collections.ConfigDict()
     t.batch_size = 32  # global batch
-    t.total_kimg = 10000
+    t.total_kimg = 10000.0  # float: tiny runs and tests use fractions of a kimg
     t.loss = "logistic"  # logistic (non-saturating) | hinge
     t.lr_g = 0.002
     t.lr_d = 0.002
@@ -101,3 +101,252 @@ def base_config() -> ml_collections.ConfigDict:
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
     e.batch_size = 64
     return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: run before anything compiles, so a wrong value fails in a second with a message that
+# names the field and what is allowed, not minutes later deep inside a traced function.
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names every offending field as `config.<section>.<field>`."""
+
+
+def _one_of(*allowed):
+    def check(v):
+        return None if v in allowed else f"{v!r} is not one of {allowed}"
+
+    return check
+
+
+def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            return f"{v!r} is not {'an integer' if integer else 'a number'}"
+        if v != v:  # NaN
+            return "nan is not allowed"
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+        if low_bad or high_bad:
+            left = "-inf" if lo is None else f"{lo}"
+            right = "inf" if hi is None else f"{hi}"
+            interval = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+            return f"{v!r} is not in {interval}"
+        return None
+
+    return check
+
+
+def _int(lo=None, hi=None):
+    return _number(lo, hi, integer=True)
+
+
+def _nonempty(v):
+    return None if isinstance(v, str) and v.strip() else f"{v!r} must be a non-empty string"
+
+
+def _comma_subset(*allowed):
+    def check(v):
+        items = [s.strip() for s in str(v).split(",") if s.strip()]
+        bad = [s for s in items if s not in allowed]
+        if bad or not items:
+            return f"{v!r} must be a comma list of {allowed}" + (f" (unknown: {bad})" if bad else "")
+        return None
+
+    return check
+
+
+def _host_port(v):
+    if v == "":
+        return None
+    host, sep, port = str(v).rpartition(":")
+    return None if sep and host and port.isdigit() else f"{v!r} is not 'host:port'"
+
+
+def _mesh_dim(v):
+    return None if isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1) else (
+        f"{v!r} must be -1 (all remaining devices) or a positive integer")
+
+
+# Per-field rules for the non-model sections; the model section is checked by ganjax.models.ModelConfig.
+_RULES = {
+    "name": _nonempty,
+    "seed": _int(0),
+    "model.resolution": _int(4),
+    "data.dataset": _nonempty,
+    "data.split": _nonempty,
+    "data.num_images": _int(1),
+    "data.aspect_ratio": _number(0, lo_open=True),
+    "data.shuffle_seed": _int(0),
+    "data.prefetch": _int(0),
+    "data.worker_count": _int(0),
+    "train.batch_size": _int(1),
+    "train.total_kimg": _number(0, lo_open=True),
+    "train.loss": _one_of("logistic", "hinge"),
+    "train.lr_g": _number(0, lo_open=True),
+    "train.lr_d": _number(0, lo_open=True),
+    "train.beta1": _number(0, 1, hi_open=True),
+    "train.beta2": _number(0, 1, hi_open=True),
+    "train.eps": _number(0, lo_open=True),
+    "train.r1_gamma": _number(0),
+    "train.r1_interval": _int(0),
+    "train.pl_weight": _number(0),
+    "train.pl_interval": _int(1),
+    "train.pl_decay": _number(0, 1, lo_open=True),
+    "train.pl_batch_shrink": _int(1),
+    "train.style_mixing_prob": _number(0, 1),
+    "train.ema_kimg": _number(0),
+    "train.ema_rampup": _number(0),
+    "train.grad_accum": _int(1),
+    "train.max_consecutive_skips": _int(1),
+    "train.log_every": _int(1),
+    "train.sample_every_kimg": _number(0),
+    "train.sample_grid": _int(1),
+    "train.price_per_device_hour": _number(0),
+    "parallel.strategy": _one_of("dp", "fsdp", "fsdp_tp", "shard_map"),
+    "parallel.mesh_data": _mesh_dim,
+    "parallel.mesh_fsdp": _mesh_dim,
+    "parallel.mesh_model": _mesh_dim,
+    "parallel.distributed": _one_of("auto", "on", "off"),
+    "parallel.coordinator_address": _host_port,
+    "parallel.num_processes": _int(0),
+    "parallel.process_id": _int(-1),
+    "checkpoint.every_kimg": _number(0),
+    "checkpoint.keep": _int(1),
+    "eval.every_kimg": _number(0),
+    "eval.num_images": _int(2),
+    "eval.metrics": _comma_subset("fid", "kid", "pr"),
+    "eval.batch_size": _int(1),
+}
+
+
+def _get(config, path):
+    node = config
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+def _schema_problems(config, schema, prefix="config"):
+    """Unknown or missing fields and wrong types, against base_config() (catches typos in config files)."""
+    import difflib
+
+    problems = []
+    for key in config.keys():
+        if key not in schema:
+            near = difflib.get_close_matches(key, list(schema.keys()), n=1)
+            problems.append(f"{prefix}.{key}: unknown field" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    for key in schema.keys():
+        path, want = f"{prefix}.{key}", schema[key]
+        if key not in config:
+            problems.append(f"{path}: missing field")
+            continue
+        got = config[key]
+        if isinstance(want, ml_collections.ConfigDict):
+            if isinstance(got, ml_collections.ConfigDict):
+                problems += _schema_problems(got, want, path)
+            else:
+                problems.append(f"{path}: must be a section, got {got!r}")
+        elif want is not None and not _same_type(got, want):
+            problems.append(f"{path}: {got!r} is a {type(got).__name__}, expected {type(want).__name__}")
+    return problems
+
+
+def _same_type(got, want):
+    if isinstance(want, bool) or isinstance(got, bool):
+        return isinstance(got, bool) and isinstance(want, bool)
+    if isinstance(want, float):
+        return isinstance(got, (int, float))
+    return isinstance(got, type(want))
+
+
+def _resolve_mesh(parallel, num_devices):
+    """(data, fsdp, model) sizes with -1 resolved, or None where it needs the device count."""
+    dims = [parallel.mesh_data, parallel.mesh_fsdp, parallel.mesh_model]
+    if dims.count(-1) == 0:
+        return dims
+    if num_devices is None:
+        return None
+    fixed = 1
+    for d in dims:
+        fixed *= d if d != -1 else 1
+    return [num_devices // fixed if d == -1 else d for d in dims]
+
+
+def _cross_field_problems(c, num_devices):
+    problems = []
+    res = c.model.resolution
+    if isinstance(res, int) and res >= 4 and res & (res - 1):
+        problems.append(f"config.model.resolution: {res} is not a power of two")
+
+    t = c.train
+    batch, accum = t.batch_size, t.grad_accum
+    if batch % accum:
+        problems.append(f"config.train.batch_size: {batch} is not divisible by config.train.grad_accum={accum}")
+        return problems
+    micro = batch // accum
+    group = min(micro, c.model.mbstd_group) if c.model.mbstd_group > 0 else 1
+    if micro % group:
+        problems.append(f"config.train.batch_size: the micro-batch {micro} (batch_size/grad_accum) is not "
+                        f"divisible by the minibatch-std group config.model.mbstd_group={c.model.mbstd_group}")
+    if t.pl_weight > 0 and (micro % t.pl_batch_shrink or micro < t.pl_batch_shrink):
+        problems.append(f"config.train.pl_batch_shrink: {t.pl_batch_shrink} does not divide the micro-batch {micro}")
+
+    p = c.parallel
+    dims = [p.mesh_data, p.mesh_fsdp, p.mesh_model]
+    if dims.count(-1) > 1:
+        problems.append(f"config.parallel.mesh_*: at most one of mesh_data/mesh_fsdp/mesh_model may be -1, got {dims}")
+        return problems
+    if num_devices is not None:
+        fixed = 1
+        for d in dims:
+            fixed *= d if d != -1 else 1
+        if (-1 in dims and num_devices % fixed) or (-1 not in dims and fixed != num_devices):
+            problems.append(f"config.parallel.mesh_*: mesh {dims} does not fit {num_devices} devices "
+                            f"(the product must equal the device count; -1 takes the rest)")
+            return problems
+    mesh = _resolve_mesh(p, num_devices)
+    if mesh is not None:
+        shards = mesh[0] * mesh[1]  # the batch is split over the data and fsdp axes
+        if micro % shards:
+            problems.append(f"config.train.batch_size: the micro-batch {micro} is not divisible by the "
+                            f"{shards} batch shards (mesh_data*mesh_fsdp = {mesh[0]}*{mesh[1]})")
+    if p.num_processes > 0 and not 0 <= p.process_id < p.num_processes:
+        problems.append(f"config.parallel.process_id: {p.process_id} is not in [0, {p.num_processes}) "
+                        f"(config.parallel.num_processes={p.num_processes})")
+    if c.data.dataset == "folder" and not c.data.folder:
+        problems.append("config.data.folder: must name an image folder when config.data.dataset='folder'")
+    return problems
+
+
+def _model_problems(config):
+    try:
+        from ganjax.models import ModelConfig
+    except ImportError:  # the models package has not landed yet in this checkout
+        return []
+    try:
+        ModelConfig.from_config(config.model).validate()
+    except ValueError as e:
+        msg = str(e)
+        return [msg if msg.startswith("config.") else f"config.{msg}"]
+    return []
+
+
+def validate(config, *, num_devices=None):
+    """Raise ConfigError listing every wrong field; returns the config unchanged when it is valid.
+
+    num_devices: the global device count, when known (after jax.distributed is initialised); with it the
+    mesh shape and the batch's divisibility by the batch shards are checked too.
+    """
+    problems = _schema_problems(config, base_config())
+    if not problems:
+        for path, rule in _RULES.items():
+            msg = rule(_get(config, path))
+            if msg:
+                problems.append(f"config.{path}: {msg}")
+    if not problems:
+        problems += _cross_field_problems(config, num_devices)
+        problems += _model_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config

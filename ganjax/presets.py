@@ -1,0 +1,104 @@
+"""Named presets shared by configs/gansformer.py and configs/stylegan2.py.
+
+A preset is chosen by the config file's `:arg` string, e.g. `configs/gansformer.py:ffhq256,size=m`:
+a preset name, then optional `key=value` options. This module holds what both model families share:
+the per-dataset data and training defaults of the reference (SPEC-gansformer.md section 6), the
+CPU-sized runs on the embedded procedural dataset, and the model-size ladder for scaling studies.
+The architecture of each family stays in its own config file.
+"""
+
+# Reference datasets: (TFDS name or 'folder', resolution, R1 gamma, mirror, aspect ratio h/w).
+# FFHQ is not in the TFDS catalog: it is read from an image folder (override config.data.folder).
+REFERENCE = {
+    "clevr256": dict(dataset="clevr", resolution=256, r1_gamma=40.0, mirror=False, aspect_ratio=0.75),
+    "ffhq256": dict(dataset="folder", folder="data/ffhq", resolution=256, r1_gamma=10.0, mirror=True,
+                    aspect_ratio=1.0),
+    "bedroom256": dict(dataset="lsun/bedroom", resolution=256, r1_gamma=100.0, mirror=False,
+                       aspect_ratio=188 / 256),
+    "cityscapes256": dict(dataset="cityscapes", resolution=256, r1_gamma=20.0, mirror=True, aspect_ratio=0.5),
+    "ffhq1024": dict(dataset="folder", folder="data/ffhq", resolution=1024, r1_gamma=10.0, mirror=True,
+                     aspect_ratio=1.0),
+}
+
+# The embedded procedural scenes, sized so a run shows learning within minutes on 2 CPU cores.
+CPU = {
+    "shapes32": dict(resolution=32, channel_base=2048, channel_max=64, batch_size=16, total_kimg=12.0,
+                     sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
+    "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, batch_size=16, total_kimg=12.0,
+                     sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
+}
+
+NAMES = tuple(CPU) + tuple(REFERENCE)
+
+# Model-size ladder: multipliers of the preset's channel_base/channel_max (params grow ~ channels^2,
+# so each step is ~4x the parameters) and of its local-latent count. m is the preset as published.
+SIZES = {
+    "s": dict(channels=0.5, latents=0.5),
+    "m": dict(channels=1.0, latents=1.0),
+    "l": dict(channels=2.0, latents=1.5),
+    "xl": dict(channels=4.0, latents=2.0),
+}
+
+OPTIONS = {"size": tuple(SIZES)}
+
+
+def parse_arg(arg, default="shapes32"):
+    """'ffhq256,size=m' -> ('ffhq256', {'size': 'm'}); None or '' -> (default, {})."""
+    parts = [p.strip() for p in (arg or default).split(",") if p.strip()]
+    name, options = parts[0], {}
+    if name not in NAMES:
+        raise ValueError(f"config preset {name!r} is not one of {NAMES}")
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in OPTIONS:
+            raise ValueError(f"config preset option {part!r}: expected key=value with key in {tuple(OPTIONS)}")
+        if value not in OPTIONS[key]:
+            raise ValueError(f"config preset option {key}: {value!r} is not one of {OPTIONS[key]}")
+        options[key] = value
+    return name, options
+
+
+def apply_dataset(c, name):
+    """Data and training defaults of preset `name` (shared by every model family)."""
+    if name in CPU:
+        p = CPU[name]
+        c.data.dataset = "shapes"
+        c.model.resolution = p["resolution"]
+        c.model.channel_base = p["channel_base"]
+        c.model.channel_max = p["channel_max"]
+        c.train.batch_size = p["batch_size"]
+        c.train.total_kimg = p["total_kimg"]
+        c.train.sample_every_kimg = p["sample_every_kimg"]
+        c.checkpoint.every_kimg = p["checkpoint_every_kimg"]
+        # A few-kimg run: the reference's 10-kimg EMA half-life would leave G_ema near its init,
+        # and R1 at gamma 10 is far too strong for 32^2 images (StyleGAN2-ADA uses 0.01-0.1 at 32^2).
+        c.train.ema_kimg = 0.5
+        c.train.ema_rampup = 0.05
+        c.train.r1_gamma = 0.1
+        c.train.log_every = 10
+        return c
+    p = REFERENCE[name]
+    c.data.dataset = p["dataset"]
+    c.data.folder = p.get("folder", "")
+    c.data.mirror = p["mirror"]
+    c.data.aspect_ratio = p["aspect_ratio"]
+    c.model.resolution = p["resolution"]
+    t = c.train
+    t.batch_size, t.lr_g, t.lr_d = 32, 0.002, 0.002
+    t.beta1, t.beta2, t.eps = 0.0, 0.99, 1e-8
+    t.loss, t.r1_gamma, t.r1_interval, t.pl_weight = "logistic", p["r1_gamma"], 16, 0.0
+    t.style_mixing_prob, t.ema_kimg, t.ema_rampup = 0.9, 10.0, 0.0
+    t.total_kimg = 10000.0  # the reference ran 5k-15k kimg
+    t.sample_every_kimg = 40.0
+    c.checkpoint.every_kimg = 40.0
+    return c
+
+
+def apply_size(c, size):
+    """Scale the preset's widths (and local-latent count) by the `size` ladder; m leaves it unchanged."""
+    f = SIZES[size]
+    c.model.channel_base = max(1, round(c.model.channel_base * f["channels"]))
+    c.model.channel_max = max(1, round(c.model.channel_max * f["channels"]))
+    if c.model.num_local > 0:
+        c.model.num_local = max(1, round(c.model.num_local * f["latents"]))
+    return c
