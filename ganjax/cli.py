@@ -5,6 +5,7 @@ Each subcommand lives in `ganjax/commands/<name>.py` and defines its own absl fl
 """
 
 import importlib
+import importlib.util
 import sys
 
 COMMANDS = {
@@ -20,9 +21,14 @@ COMMANDS = {
 }
 
 
+def available():
+    """The commands whose module exists in this installation (pieces land one by one)."""
+    return [n for n in COMMANDS if importlib.util.find_spec(f"ganjax.commands.{n}") is not None]
+
+
 def usage() -> str:
     lines = ["usage: ganjax <command> [flags]   (ganjax <command> --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<8} {COMMANDS[name]}" for name in available()]
     return "\n".join(lines)
 
 
@@ -30,15 +36,23 @@ def main(argv=None):
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(usage())
-        return 0 if len(argv) >= 2 else 2
+        sys.exit(0 if len(argv) >= 2 else 2)
     name = argv[1]
-    if name not in COMMANDS:
+    if name not in available():
         print(f"ganjax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(f"ganjax.commands.{name}")
-    from absl import app
+    from absl import app, flags
 
-    app.run(module.main, argv=[f"ganjax {name}"] + argv[2:])
+    # config_flags reads `--config.<field>` overrides from sys.argv, so it must be the argv parsed here
+    # (matters when main() is called with an explicit argv).
+    sys.argv = [f"ganjax {name}"] + argv[2:]
+    # absl's --help lists the flags of the module named sys.argv[0] under the __main__ docstring:
+    # make those the command module's flags and docstring.
+    for flag in flags.FLAGS.flags_by_module_dict().get(module.__name__, []):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    sys.modules["__main__"].__doc__ = module.__doc__
+    app.run(module.main, argv=sys.argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""`ganjax sweep --config FILE:PRESET --workdir DIR`: run the config file's get_sweep(PRESET) runs.
+
+Each run is one `python -m ganjax train --config=FILE:PRESET --workdir=DIR/<run> --config.<field>=<value>`
+subprocess, run one after another. A subprocess per run (rather than calling the train loop in this
+process) is the exact command a cluster launcher would run, and it gives each run a fresh JAX runtime:
+no compilation caches, device buffers or jax.distributed state leak from one run into the next, and a
+crash ends one run, not the sweep. Overrides given to `ganjax sweep` itself (`--config.train.total_kimg=2`)
+apply to every run; the sweep's own values win where both set a field.
+
+Afterwards the last value of every metric in each run's metrics.jsonl goes into DIR/sweep.csv and
+DIR/sweep.md, and --plot_metric against --plot_param into DIR/sweep_<metric>.png. A re-run resumes
+unfinished runs from their checkpoints. --print_commands prints one launch command per run instead,
+optionally behind a --launcher prefix (e.g. "sbatch launch/slurm.sbatch").
+"""
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from ganjax import sweep
+from ganjax.config import validate
+
+config_flags.DEFINE_config_file("config", None, "config file and preset, e.g. configs/gansformer.py:shapes32")
+flags.DEFINE_string("workdir", None, "sweep directory; run i trains in DIR/<run name>", required=True)
+flags.DEFINE_boolean("print_commands", False, "print one launch command per run and exit (nothing runs)")
+flags.DEFINE_alias("print-commands", "print_commands")
+flags.DEFINE_string("launcher", "", "with --print_commands: prefix for each command, e.g. 'sbatch launch/slurm.sbatch' "
+                    "(the launcher receives the train flags)")
+flags.DEFINE_string("plot_metric", "", "metric (a key of metrics.jsonl) to plot; '' = fid if the runs logged it")
+flags.DEFINE_string("plot_param", "", "swept field on the plot's x axis; '' = the first swept field")
+FLAGS = flags.FLAGS
+
+
+def load_sweep(config_arg):
+    path, _, arg = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("ganjax_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise SystemExit(f"ganjax sweep: {path} defines no get_sweep(arg)")
+    runs = module.get_sweep(arg or None)
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise SystemExit(f"ganjax sweep: {path}:get_sweep({arg!r}) must return a non-empty list of dicts")
+    return runs
+
+
+def plan(config, config_arg, workdir, python):
+    """One entry per run, each validated before anything starts (a bad run fails the sweep up front)."""
+    cli_overrides = config_flags.get_override_values(FLAGS["config"])
+    runs = []
+    for i, overrides in enumerate(load_sweep(config_arg)):
+        try:
+            validate(sweep.apply(config, overrides))
+        except ValueError as e:
+            raise SystemExit(f"ganjax sweep: run {i} {overrides}:\n{e}")
+        name = sweep.run_name(i, overrides)
+        run_dir = os.path.join(workdir, name)
+        merged = {**{k: v for k, v in cli_overrides.items() if k not in overrides}, **overrides}
+        runs.append(dict(name=name, overrides=overrides, workdir=run_dir, status="planned",
+                         argv=sweep.train_command(config_arg, run_dir, merged, python=python)))
+    return runs
+
+
+def execute(run):
+    os.makedirs(run["workdir"], exist_ok=True)
+    log_path = os.path.join(run["workdir"], "sweep_run.log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        code = subprocess.call(run["argv"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    run["status"] = "done" if code == 0 else f"failed({code})"
+    if code:
+        with open(log_path) as f:
+            tail = f.readlines()[-20:]
+        print(f"  run {run['name']} failed with exit code {code}; last lines of {log_path}:\n" + "".join(tail),
+              file=sys.stderr)
+
+
+def report(runs, workdir):
+    columns, rows = sweep.collect(runs)
+    sweep.write_csv(os.path.join(workdir, "sweep.csv"), columns, rows)
+    sweep.write_markdown(os.path.join(workdir, "sweep.md"), columns, rows)
+    params = [c for c in columns[2:] if any(c in r["overrides"] for r in runs)]
+    metric = FLAGS.plot_metric or ("fid" if "fid" in columns else "")
+    if metric:
+        param = FLAGS.plot_param or params[0]
+        out = os.path.join(workdir, f"sweep_{metric.replace('/', '_')}.png")
+        sweep.plot(out, rows, metric, param, params)
+        print(f"plot: {out}")
+    print(f"results: {os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.md')}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"ganjax sweep: unexpected arguments {argv[1:]}")
+    config_arg = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
+    if not config_arg:
+        raise SystemExit("ganjax sweep: --config FILE:PRESET is required")
+    workdir = FLAGS.workdir
+    if FLAGS.print_commands:
+        runs = plan(FLAGS.config, config_arg, workdir, python="python")
+        prefix = shlex.split(FLAGS.launcher)
+        for run in runs:
+            argv_ = run["argv"][4:] if prefix else run["argv"]  # a launcher runs `python -m ganjax train` itself
+            print(sweep.shell_join(prefix + argv_))
+        return
+    runs = plan(FLAGS.config, config_arg, workdir, python=sys.executable)
+    os.makedirs(workdir, exist_ok=True)
+    for i, run in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {run['name']}: {sweep.shell_join(run['argv'])}", flush=True)
+        execute(run)
+        with open(os.path.join(workdir, "sweep.json"), "w") as f:
+            json.dump(runs, f, indent=1)
+    report(runs, workdir)
+    failed = [r["name"] for r in runs if r["status"] != "done"]
+    if failed:
+        raise SystemExit(f"ganjax sweep: {len(failed)} of {len(runs)} runs failed: {failed}")
