@@ -1,0 +1,292 @@
+"""Orbax checkpoints of a training run: periodic async saves, exact resume, resharded restore, preemption.
+
+One checkpoint step under workdir/checkpoints/<step>/ holds four Orbax items:
+  state            the whole train state (StandardSave; restored against an abstract target whose shardings
+                   belong to the *current* mesh, so a run resumes on another mesh, device or process count)
+  loader           the data iterator state (JSON), so a resumed run sees exactly the batches it would have seen
+  config           the resolved config (JSON)
+  metrics_history  the list of metric dicts logged so far (JSON)
+Orbax writes each step into a temporary directory and renames it when every item is complete, so a crash
+mid-save never leaves a step that `latest_step()` picks up.
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+
+
+def _handler_registry():
+    # Registered up front so a fresh manager can read an existing step's metadata before any restore.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add("state", ocp.args.StandardSave)
+    registry.add("state", ocp.args.StandardRestore)
+    for name in ("loader", "config", "metrics_history"):
+        registry.add(name, ocp.args.JsonSave)
+        registry.add(name, ocp.args.JsonRestore)
+    return registry
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or does not fit the model it is restored into."""
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flatten_with_names(tree) -> dict:
+    """{'a/b/c': leaf} for any pytree (dicts, dataclasses, lists); names match Orbax's metadata tree."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves if leaf is not None}
+
+
+def check_compatible(saved_tree, target_tree, what: str):
+    """Raise CheckpointError naming the first parameter whose presence, shape or dtype differs.
+
+    `saved_tree` is Orbax metadata (leaves with .shape/.dtype); `target_tree` holds arrays or
+    ShapeDtypeStructs. Checked before restoring, because Orbax's own error for this is a deep stack trace.
+    """
+    saved = flatten_with_names(saved_tree)
+    target = flatten_with_names(target_tree)
+    for name, want in target.items():
+        if name not in saved:
+            raise CheckpointError(
+                f"{what}: parameter {name!r} (shape {tuple(want.shape)}) is not in the checkpoint; "
+                f"the checkpoint was written by a different architecture/config"
+            )
+        have = saved[name]
+        if tuple(have.shape) != tuple(want.shape) or np.dtype(have.dtype) != np.dtype(want.dtype):
+            raise CheckpointError(
+                f"{what}: parameter {name!r} has shape {tuple(have.shape)} {np.dtype(have.dtype)} in the "
+                f"checkpoint but {tuple(want.shape)} {np.dtype(want.dtype)} in the model being restored; "
+                f"the checkpoint was written by a different architecture/config"
+            )
+    extra = [name for name in saved if name not in target]
+    if extra:
+        raise CheckpointError(
+            f"{what}: parameter {extra[0]!r} (shape {tuple(saved[extra[0]].shape)}) is in the checkpoint but "
+            f"not in the model being restored ({len(extra)} such); a different architecture/config wrote it"
+        )
+
+
+def ensure_writable(directory: str):
+    """Create `directory` and prove a file can be written there; a clear error instead of a late async one."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint directory {directory} is not writable: {e}") from e
+
+
+def _fid(metrics) -> float:
+    # Checkpoints saved without a measured FID rank last for best-by-FID.
+    return float(metrics.get("fid", np.inf))
+
+
+def _fid_at(step: int, metrics_history) -> float | None:
+    """The FID measured at exactly `step` (the state being saved), if the history has one."""
+    for entry in reversed(metrics_history or ()):
+        if entry.get("step") == step and "fid" in entry:
+            return float(entry["fid"])
+    return None
+
+
+def _to_jsonable(x):
+    """numpy/jax scalars and arrays in metric dicts -> plain Python, so they can be written as JSON."""
+    if isinstance(x, dict):
+        return {str(k): _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    return x
+
+
+def config_to_dict(config) -> dict:
+    """A ConfigDict (or plain dict) as a JSON-safe dict."""
+    if hasattr(config, "to_json_best_effort"):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=str))
+
+
+class _PreemptionWatcher:
+    """Answers 'was a preemption notice (SIGTERM) seen?' identically on every process.
+
+    With jax.distributed initialised, XLA's preemption notifier owns SIGTERM and the coordination service
+    picks one safe step that all processes reach (multihost_utils.reached_preemption_sync_point). A plain
+    single process has no such service, so a Python SIGTERM handler sets a flag checked between steps.
+    """
+
+    def __init__(self):
+        self._use_sync_point = jax.distributed.is_initialized()
+        self._flag = threading.Event()
+        self._previous_handler = None
+        if not self._use_sync_point and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        logging.warning("SIGTERM received: finishing the current step, then saving and exiting")
+        self._flag.set()
+
+    def requested(self, step: int) -> bool:
+        if self._use_sync_point:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self._flag.is_set()
+
+    def close(self):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+
+class Checkpointer:
+    """The training loop's view of checkpointing (see notes/contracts.md)."""
+
+    def __init__(self, workdir: str, config, mesh):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._mesh = mesh
+        ck = config.checkpoint
+        self._images_per_step = int(config.train.batch_size)
+        self._interval_images = int(round(float(ck.every_kimg) * 1000))
+        if self._interval_images < 1:
+            raise CheckpointError(f"checkpoint.every_kimg must be > 0 (got {ck.every_kimg})")
+        if int(ck.keep) < 1:
+            raise CheckpointError(f"checkpoint.keep must be >= 1 (got {ck.keep})")
+        metrics = [m.strip() for m in str(config.eval.metrics).split(",")]
+        self._track_fid = float(config.eval.every_kimg) > 0 and "fid" in metrics
+        self._config_json = config_to_dict(config)
+        ensure_writable(self.directory)
+
+        keep = [policies.LatestN(n=int(ck.keep))]
+        if self._track_fid:
+            # reverse=True sorts by FID descending, so BestN's "last n" is the lowest FID.
+            keep.append(policies.BestN(get_metric_fn=_fid, reverse=True, n=1, keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=bool(ck.async_save),
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            best_fn=_fid if self._track_fid else None,  # makes Orbax store per-step metrics and rank best_step()
+            best_mode="min",
+            cleanup_tmp_directories=True,  # removes the half-written steps of a killed run
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
+        latest = self._manager.latest_step()
+        self._last_step = 0 if latest is None else latest
+        self._preemption = _PreemptionWatcher()
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """Step with the lowest FID (the latest step when FID is not tracked)."""
+        return self._manager.best_step()
+
+    def preemption_requested(self, step: int) -> bool:
+        return self._preemption.requested(step)
+
+    # -- save --------------------------------------------------------------------------------------------
+    def _crosses_interval(self, step: int) -> bool:
+        done = lambda s: (s * self._images_per_step) // self._interval_images  # noqa: E731
+        return done(step) > done(self._last_step)
+
+    def maybe_save(self, step: int, state, loader=None, metrics_history=None, *, force=False) -> bool:
+        step = int(step)
+        due = force or self._crosses_interval(step)
+        self._last_step = max(self._last_step, step)
+        if not due or step in self._manager.all_steps():
+            return False
+        self._raise_pending_error()
+        history = _to_jsonable(list(metrics_history or []))
+        metrics = None
+        if self._track_fid:
+            fid = _fid_at(step, history)
+            metrics = {} if fid is None else {"fid": fid}
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            loader=ocp.args.JsonSave(_to_jsonable(loader.get_state()) if loader is not None else {}),
+            config=ocp.args.JsonSave(self._config_json),
+            metrics_history=ocp.args.JsonSave({"history": history}),
+        )
+        try:
+            return bool(self._manager.save(step, args=args, metrics=metrics, force=True))
+        except Exception as e:
+            self._manager.reload()  # forget the failed step; earlier steps on disk are untouched
+            raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: {e}") from e
+
+    def _raise_pending_error(self):
+        """Surface a failed *async* save (e.g. disk full) as a clear error at the next save or close."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as e:
+            self._manager.reload()
+            raise CheckpointError(
+                f"an asynchronous checkpoint save under {self.directory} failed: {e}; "
+                f"the last complete checkpoint is step {self._manager.latest_step()}"
+            ) from e
+
+    # -- restore -----------------------------------------------------------------------------------------
+    def _with_default_sharding(self, abstract_state):
+        """Leaves without a sharding (scalars such as step) are replicated over the current mesh."""
+        replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+
+        def fill(x):
+            sharding = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or replicated)
+
+        return jax.tree.map(fill, abstract_state)
+
+    def restore(self, abstract_state, loader=None, step=None):
+        step = self._manager.latest_step() if step is None else int(step)
+        if step is None:
+            raise CheckpointError(f"no complete checkpoint under {self.directory}")
+        if step not in self._manager.all_steps():
+            raise CheckpointError(f"checkpoint step {step} not found under {self.directory} "
+                                  f"(complete steps: {self.all_steps()})")
+        target = self._with_default_sharding(abstract_state)
+        saved = self._manager.item_metadata(step)["state"]
+        check_compatible(saved, target, f"checkpoint {self.directory}/{step}")
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                loader=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+                metrics_history=ocp.args.JsonRestore(),
+            ),
+        )
+        if loader is not None:
+            if not restored["loader"]:
+                raise CheckpointError(f"checkpoint {self.directory}/{step} has no data loader state to resume")
+            loader.set_state(restored["loader"])
+        self._last_step = step
+        extras = {"metrics_history": list(restored["metrics_history"]["history"]), "config": restored["config"]}
+        return restored["state"], extras
+
+    def close(self):
+        """Wait for pending async saves (raising if one failed) and release the SIGTERM handler."""
+        try:
+            self._raise_pending_error()
+        finally:
+            self._manager.close()
+            self._preemption.close()
