@@ -1,0 +1,9 @@
+"""Cost and scaling measurement: `ganjax bench`.
+
+flops.py     analytic FLOPs per image from the model's layer shapes (and the train loop's per-image cost)
+hlo_comm.py  bytes of collective communication parsed from compiled HLO text
+peaks.py     device peak FLOP/s and interconnect table; a matmul probe for CPUs
+scaling.py   step time and weak-scaling efficiency at device counts the user does not have
+run.py       timing of the train step's jitted phase functions; one bench record per config
+sweep.py     the mesh x size x batch sweep, CSV and plots
+"""
