@@ -52,7 +52,13 @@ def main(argv=None):
     for flag in flags.FLAGS.flags_by_module_dict().get(module.__name__, []):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     sys.modules["__main__"].__doc__ = module.__doc__
-    app.run(module.main, argv=sys.argv)
+    try:
+        app.run(module.main, argv=sys.argv)
+    except SystemExit as e:
+        # absl exits 1 after printing --help; asking for help is not a failure.
+        if e.code == 1 and set(argv[2:]) & {"-h", "-?", "--help", "--helpshort", "--helpfull"}:
+            sys.exit(0)
+        raise
 
 
 if __name__ == "__main__":
