@@ -10,7 +10,6 @@ Orbax writes each step into a temporary directory and renames it when every item
 mid-save never leaves a step that `latest_step()` picks up.
 """
 
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, to_jsonable
 
 
 
@@ -33,52 +34,6 @@ def _handler_registry():
         registry.add(name, ocp.args.JsonSave)
         registry.add(name, ocp.args.JsonRestore)
     return registry
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or does not fit the model it is restored into."""
-
-
-def _key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def flatten_with_names(tree) -> dict:
-    """{'a/b/c': leaf} for any pytree (dicts, dataclasses, lists); names match Orbax's metadata tree."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
-    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves if leaf is not None}
-
-
-def check_compatible(saved_tree, target_tree, what: str):
-    """Raise CheckpointError naming the first parameter whose presence, shape or dtype differs.
-
-    `saved_tree` is Orbax metadata (leaves with .shape/.dtype); `target_tree` holds arrays or
-    ShapeDtypeStructs. Checked before restoring, because Orbax's own error for this is a deep stack trace.
-    """
-    saved = flatten_with_names(saved_tree)
-    target = flatten_with_names(target_tree)
-    for name, want in target.items():
-        if name not in saved:
-            raise CheckpointError(
-                f"{what}: parameter {name!r} (shape {tuple(want.shape)}) is not in the checkpoint; "
-                f"the checkpoint was written by a different architecture/config"
-            )
-        have = saved[name]
-        if tuple(have.shape) != tuple(want.shape) or np.dtype(have.dtype) != np.dtype(want.dtype):
-            raise CheckpointError(
-                f"{what}: parameter {name!r} has shape {tuple(have.shape)} {np.dtype(have.dtype)} in the "
-                f"checkpoint but {tuple(want.shape)} {np.dtype(want.dtype)} in the model being restored; "
-                f"the checkpoint was written by a different architecture/config"
-            )
-    extra = [name for name in saved if name not in target]
-    if extra:
-        raise CheckpointError(
-            f"{what}: parameter {extra[0]!r} (shape {tuple(saved[extra[0]].shape)}) is in the checkpoint but "
-            f"not in the model being restored ({len(extra)} such); a different architecture/config wrote it"
-        )
 
 
 def ensure_writable(directory: str):
@@ -104,24 +59,6 @@ def _fid_at(step: int, metrics_history) -> float | None:
         if entry.get("step") == step and "fid" in entry:
             return float(entry["fid"])
     return None
-
-
-def _to_jsonable(x):
-    """numpy/jax scalars and arrays in metric dicts -> plain Python, so they can be written as JSON."""
-    if isinstance(x, dict):
-        return {str(k): _to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_jsonable(v) for v in x]
-    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
-        return np.asarray(x).tolist()
-    return x
-
-
-def config_to_dict(config) -> dict:
-    """A ConfigDict (or plain dict) as a JSON-safe dict."""
-    if hasattr(config, "to_json_best_effort"):
-        return json.loads(config.to_json_best_effort())
-    return json.loads(json.dumps(config, default=str))
 
 
 class _PreemptionWatcher:
@@ -216,14 +153,14 @@ class Checkpointer:
         if not due or step in self._manager.all_steps():
             return False
         self._raise_pending_error()
-        history = _to_jsonable(list(metrics_history or []))
+        history = to_jsonable(list(metrics_history or []))
         metrics = None
         if self._track_fid:
             fid = _fid_at(step, history)
             metrics = {} if fid is None else {"fid": fid}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            loader=ocp.args.JsonSave(_to_jsonable(loader.get_state()) if loader is not None else {}),
+            loader=ocp.args.JsonSave(to_jsonable(loader.get_state()) if loader is not None else {}),
             config=ocp.args.JsonSave(self._config_json),
             metrics_history=ocp.args.JsonSave({"history": history}),
         )

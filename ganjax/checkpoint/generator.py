@@ -1,0 +1,129 @@
+"""Generator-only inference checkpoints: export G_ema from a training run, load a generator from either kind.
+
+An exported checkpoint is an Orbax directory with two items:
+  generator  {'params': G_ema params, 'buffers': G_ema buffers (w_avg, const noise)}
+  config     the run's resolved config (JSON)
+It carries no discriminator or optimizer state, so it is what `ganjax sample` / `ganjax eval` and users need.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import linen as nn
+
+from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+def _checkpointer(**items):
+    """An Orbax Checkpointer for the named items, e.g. generator=(ocp.args.StandardSave,); config is JSON."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    items.setdefault("config", (ocp.args.JsonSave, ocp.args.JsonRestore))
+    for name, arg_types in items.items():
+        for arg_type in arg_types:
+            registry.add(name, arg_type)
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
+
+
+def resolve(path: str, step: int | None = None) -> tuple[str, str]:
+    """('export' | 'train', directory of one checkpoint) for an exported generator, a training checkpoint
+    step directory, a workdir/checkpoints directory or a workdir (the latest complete step, or `step`)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a directory)")
+    if os.path.isdir(os.path.join(path, "generator")):
+        return "export", path
+    if os.path.isdir(os.path.join(path, "state")):
+        return "train", path
+    ckdir = os.path.join(path, CHECKPOINTS_SUBDIR) if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)) else path
+    manager = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    steps = list(manager.all_steps())
+    manager.close()
+    if not steps:
+        raise CheckpointError(f"no checkpoint found at {path}: expected an exported generator, a training "
+                              f"checkpoint step directory, a checkpoints directory or a workdir")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise CheckpointError(f"checkpoint step {step} not found in {ckdir} (complete steps: {sorted(steps)})")
+    return "train", os.path.join(ckdir, str(step))
+
+
+def abstract_generator(config, sharding):
+    """(G, ShapeDtypeStruct tree {'params', 'buffers'} with `sharding`) for the model section of `config`."""
+    from ganjax.models import ModelConfig, build_models
+
+    model_cfg = ModelConfig.from_config(config.model)
+    model_cfg.validate()
+    G, _ = build_models(model_cfg)
+    z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
+    keys = {name: jax.random.key(0) for name in ("params", "noise", "dropout", "mixing")}
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(G.init(keys, z)))
+    tree = {"params": shapes["params"], "buffers": shapes.get("buffers", {})}
+    return G, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _read_config(kind: str, directory: str) -> ml_collections.ConfigDict:
+    ckptr = _checkpointer()
+    restored = ckptr.restore(directory, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    ckptr.close()
+    if not restored["config"]:
+        raise CheckpointError(f"{kind} checkpoint {directory} holds no config")
+    return ml_collections.ConfigDict(restored["config"])
+
+
+def _restore_variables(kind: str, directory: str, target):
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    if kind == "export":
+        ckptr = _checkpointer(generator=(ocp.args.StandardRestore,))
+        saved = ckptr.metadata(directory).item_metadata["generator"]
+        check_compatible(saved, target, f"exported generator {directory}")
+        args = ocp.args.Composite(generator=ocp.args.StandardRestore(target))
+        variables = ckptr.restore(directory, args=args)["generator"]
+    else:
+        # Only G_ema is read from the training state (partial restore skips D and the optimizer states).
+        ckptr = _checkpointer(state=(ocp.args.PyTreeRestore,))
+        saved = ckptr.metadata(directory).item_metadata["state"]
+        item = {"g_ema_params": target["params"], "g_ema_buffers": target["buffers"]}
+        saved_g = {name: saved[name] if name in saved else {} for name in item}
+        check_compatible(saved_g, item, f"training checkpoint {directory}")
+        restore_args = {"g_ema_params": restore_args["params"], "g_ema_buffers": restore_args["buffers"]}
+        item = {k: v for k, v in item.items() if jax.tree.leaves(v)}  # no empty subtrees (e.g. no buffers)
+        args = ocp.args.PyTreeRestore(item=item, restore_args={k: restore_args[k] for k in item},
+                                      partial_restore=True)
+        state = ckptr.restore(directory, args=ocp.args.Composite(state=args))["state"]
+        variables = {"params": state["g_ema_params"], "buffers": state.get("g_ema_buffers", {})}
+    ckptr.close()
+    return variables
+
+
+def load_generator(path: str, *, step: int | None = None, sharding=None):
+    """(G, variables {'params', 'buffers'}, config) from an exported generator, a training checkpoint step
+    directory, a checkpoints directory or a workdir. Arrays land on `sharding` (default: the first local
+    device); `step` picks a training step instead of the latest."""
+    kind, directory = resolve(path, step)
+    config = _read_config(kind, directory)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    G, target = abstract_generator(config, sharding)
+    return G, _restore_variables(kind, directory, target), config
+
+
+def export_generator(source: str, out: str, *, step: int | None = None) -> str:
+    """Write G_ema (params + buffers) and the config of a training checkpoint to the directory `out`."""
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        raise CheckpointError(f"export destination {out} already exists; choose a new path")
+    parent = os.path.dirname(out)
+    if not os.access(parent, os.W_OK) or not os.path.isdir(parent):
+        raise CheckpointError(f"cannot write the export {out}: {parent} is not a writable directory")
+    _, variables, config = load_generator(source, step=step)
+    ckptr = _checkpointer(generator=(ocp.args.StandardSave,))
+    args = ocp.args.Composite(generator=ocp.args.StandardSave(variables),
+                              config=ocp.args.JsonSave(config_to_dict(config)))
+    ckptr.save(out, args=args)
+    ckptr.close()
+    return out
