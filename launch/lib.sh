@@ -1,0 +1,22 @@
+# Shared by the launchers (sourced, not run): dry-run aware command execution.
+# With DRY_RUN=1, `run CMD...` prints the command (shell-quoted, one line) instead of running it.
+
+DRY_RUN=${DRY_RUN:-0}
+
+quote() {  # print the arguments as one shell-quoted command line
+  local out="" arg
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+="$arg "; else out+="'${arg//\'/\'\\\'\'}' "; fi
+  done
+  printf '%s\n' "${out% }"
+}
+
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then quote "$@"; else "$@"; fi
+}
+
+python_bin() {  # the project's venv if present (local.sh/test.sh create it), else python3
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  if [[ -x "$root/.venv/bin/python" ]]; then echo "$root/.venv/bin/python"; else echo python3; fi
+}

@@ -1,0 +1,100 @@
+"""Each launcher's --dry-run prints the commands it would run; multiprocess_local.sh 2 trains to completion."""
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args, env=None, timeout=60):
+    out = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    return out
+
+
+def lines(out):
+    assert out.returncode == 0, out.stderr
+    return [shlex.split(line) for line in out.stdout.strip().splitlines()]
+
+
+def test_local_dry_run():
+    got = lines(launch("launch/local.sh", "--dry-run", "--config.train.total_kimg=1"))
+    assert got == [
+        ["python3", "-m", "venv", ".venv"],
+        [".venv/bin/pip", "install", "-q", "--upgrade", "pip"],
+        [".venv/bin/pip", "install", "-q", "-e", "."],
+        [".venv/bin/python", "-m", "ganjax", "train", "--config=configs/gansformer.py:shapes32",
+         "--workdir=runs/shapes32", "--config.train.total_kimg=1"],
+    ]
+
+
+def test_slurm_dry_run():
+    got = lines(launch("launch/slurm.sbatch", "--dry-run", "--config=configs/gansformer.py:ffhq256",
+                       "--workdir=/shared/runs/ffhq", env={"PYTHON": "/shared/venv/bin/python"}))
+    assert got == [
+        ["sbatch", "launch/slurm.sbatch", "--config=configs/gansformer.py:ffhq256", "--workdir=/shared/runs/ffhq"],
+        ["srun", "--kill-on-bad-exit=1", "--cpu-bind=none", "/shared/venv/bin/python", "-m", "ganjax", "train",
+         "--config=configs/gansformer.py:ffhq256", "--workdir=/shared/runs/ffhq"],
+    ]
+    header = open(os.path.join(ROOT, "launch", "slurm.sbatch")).read()
+    assert "#SBATCH --ntasks-per-node=8\n#SBATCH --gpus-per-node=8" in header  # one task per GPU, all visible
+
+
+def test_tpu_vm_dry_run():
+    out = launch("launch/tpu_vm.sh", "--dry-run", "--name", "pod", "--zone", "us-central2-b", "--bucket",
+                 "gs://bkt/", "--type", "v4-32", "--project", "proj", "--", "--config.train.batch_size=256",
+                 "--config.data.folder=it's here")
+    got = lines(out)
+    where = ["--zone=us-central2-b", "--project=proj"]
+    tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
+    assert got[0] == [*tpu, "describe", "pod", *where, ">/dev/null", "2>&1", "||", *tpu, "create", "pod", *where,
+                      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+    assert got[1][:3] == ["tar", "czf", "/tmp/ganjax-pod.tar.gz"]
+    assert got[2] == [*tpu, "scp", "/tmp/ganjax-pod.tar.gz", "pod:ganjax.tar.gz", *where, "--worker=all"]
+    assert got[3][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
+    assert 'pip install -q -e . "jax[tpu]>=0.10.2"' in got[3][9]
+    assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
+    command = got[4][9].removeprefix("--command=")
+    assert shlex.split(command) == ["cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "train",
+                                    "--config=configs/gansformer.py:ffhq256", "--workdir=gs://bkt/runs/pod",
+                                    "--config.data.data_dir=gs://bkt/tensorflow_datasets",
+                                    "--config.train.batch_size=256", "--config.data.folder=it's here"]
+    assert len(got) == 5
+    missing = launch("launch/tpu_vm.sh", "--dry-run", "--name", "pod")
+    assert missing.returncode == 2 and "--name, --zone and --bucket gs://... are required" in missing.stderr
+
+
+def test_multiprocess_dry_run():
+    got = lines(launch("launch/multiprocess_local.sh", "2", "--dry-run", "--config.train.lr_g=0.001",
+                       env={"PORT": "12345", "DEVICES": "4"}))
+    assert len(got) == 2
+    for i, argv in enumerate(got):
+        assert argv[:3] == ["env", "JAX_PLATFORMS=cpu", "JAX_NUM_CPU_DEVICES=4"]
+        assert argv[4:7] == ["-m", "ganjax", "train"]
+        assert argv[-5:] == ["--config.parallel.distributed=on", "--config.parallel.coordinator_address=127.0.0.1:12345",
+                             "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}",
+                             "--config.train.lr_g=0.001"]
+    bad = launch("launch/multiprocess_local.sh", "two")
+    assert bad.returncode == 2 and "N must be a positive integer" in bad.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ganjax.train.loop") is None, reason="train loop not landed")
+def test_multiprocess_two_processes_train_to_completion(tmp_path):
+    workdir = tmp_path / "mp"
+    out = launch("launch/multiprocess_local.sh", "2", "--config.model.resolution=16",
+                 "--config.model.channel_base=256", "--config.model.channel_max=16",
+                 "--config.model.attention_end_res=8", "--config.train.total_kimg=0.032",
+                 "--config.train.batch_size=8", "--config.data.num_images=64",
+                 env={"WORKDIR": str(workdir), "DEVICES": "2"}, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 processes x 2 devices finished" in out.stdout
+    with open(workdir / "config.json") as f:
+        config = json.load(f)
+    assert config["parallel"]["num_processes"] == 2 and config["train"]["total_kimg"] == 0.032
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl") if line.strip()]
+    assert records and max(r.get("step", 0) for r in records) == 4  # 32 images / batch 8
