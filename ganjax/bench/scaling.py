@@ -1,0 +1,145 @@
+"""Weak-scaling estimate: step time and efficiency at device counts the user does not have.
+
+Model (written out in the report with every number it uses):
+- Weak scaling: the per-device batch stays fixed, so per-device compute time t_c stays fixed. t_c is
+  measured when the bench ran on the target device type; otherwise t_c = per-device FLOPs / (peak x MFU),
+  with the MFU an explicit assumption (`assume_mfu`).
+- Communication: each collective the compiled steps issue (read from the HLO at the benched device count
+  n0, weighted by how often its phase runs in an amortised iteration) keeps its full buffer size N as n
+  grows (gradients and parameters do not grow with the batch); only the ring fraction changes.
+  Hierarchical algorithms (NCCL across 8-GPU NVLink nodes; TPU ICI within a slice, DCN between slices):
+  with g = min(n, node) devices per fast domain and m = n/g domains,
+    all-reduce          2 [ (g-1)/g N / B_fast + (m-1)/m (N/g) / B_slow ]
+    all-gather, reduce-scatter   (g-1)/g N / B_fast + (m-1)/m (N/g) / B_slow
+    all-to-all          (g-1)/n N / B_fast + (n-g)/n N / B_slow
+    collective-permute  N / B_fast (neighbours)
+  plus a latency of alpha x 2 log2(n) per collective.
+- Step time without overlap t_c + t_comm (an upper bound) and with perfect overlap max(t_c, t_comm);
+  weak-scaling efficiency = t_c / step time.
+Limits: fsdp at large n keeps every tensor sharded that was sharded at n0 (ganjax's rules replicate a
+dimension that n does not divide); the latency term is optimistic for plain rings; stragglers, input
+pipelines and host overheads are not modelled.
+"""
+
+import dataclasses
+import math
+
+from ganjax.bench import peaks
+
+DEVICE_COUNTS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+# Between TPU slices (data-center network), per chip, one direction. Not in PEAKS because inside a slice
+# it is never used; v4 pods reach 4096 chips on ICI alone.
+DCN_BYTES_PER_S = {
+    "v4": None,
+    "v5e": 2 * 100e9 / 8 / 8,  # 2 x 100 Gbps NICs per 8-chip host (cloud.google.com/tpu/docs/v5e)
+    "v5p": 50e9 / 8,  # 50 Gbps DCN per chip (cloud.google.com/tpu/docs/v5p)
+    "v6e": 2 * 100e9 / 8 / 8,  # assumption: v5e's per-host NICs (the v6e table gives no DCN figure)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CommOp:
+    kind: str
+    buffer_bytes: float  # N: the full (unsharded) buffer the collective moves
+    weight: float  # times per amortised iteration
+
+
+def comm_ops_from_hlo(collectives: list[dict], weight: float) -> list[CommOp]:
+    """CommOps from hlo_comm records of one compiled phase that runs `weight` times per iteration."""
+    out = []
+    for c in collectives:
+        n = c["group_size"]
+        if n <= 1:
+            continue
+        full = c["result_bytes"] * (n if c["kind"] == "reduce-scatter" else 1)
+        out.append(CommOp(c["kind"], float(full), weight))
+    return out
+
+
+def _bandwidths(device_key: str, n: int):
+    p = peaks.lookup(device_key)
+    fast, node = p.link_bytes_per_s, p.node_size
+    slow = p.inter_node_bytes_per_s
+    if device_key in DCN_BYTES_PER_S and DCN_BYTES_PER_S[device_key]:
+        slow = DCN_BYTES_PER_S[device_key]
+    g = min(n, node)
+    return fast, slow, g, max(n // g, 1), p.collective_latency_s
+
+
+def collective_time(op: CommOp, n: int, device_key: str) -> float:
+    if n <= 1:
+        return 0.0
+    fast, slow, g, m, alpha = _bandwidths(device_key, n)
+    big = op.buffer_bytes
+    intra = (g - 1) / g * big / fast
+    inter = (m - 1) / m * (big / g) / slow
+    if op.kind == "all-reduce":
+        t = 2 * (intra + inter)
+    elif op.kind in ("all-gather", "reduce-scatter"):
+        t = intra + inter
+    elif op.kind == "all-to-all":
+        t = (g - 1) / n * big / fast + (n - g) / n * big / slow
+    else:
+        t = big / fast
+    return t + alpha * 2 * math.log2(n)
+
+
+def estimate(ops: list[CommOp], compute_s: float, device_key: str, counts=DEVICE_COUNTS) -> list[dict]:
+    """Per device count: communication time, step time (no overlap / perfect overlap), efficiency."""
+    rows = []
+    for n in counts:
+        t_comm = sum(op.weight * collective_time(op, n, device_key) for op in ops)
+        ring = sum(op.weight * _ring_bytes(op, n) for op in ops)
+        serial, overlap = compute_s + t_comm, max(compute_s, t_comm)
+        rows.append({"devices": n, "compute_s": compute_s, "comm_s": t_comm, "comm_bytes_per_device": ring,
+                     "step_s_no_overlap": serial, "step_s_overlap": overlap,
+                     "efficiency_no_overlap": compute_s / serial if serial else 1.0,
+                     "efficiency_overlap": compute_s / overlap if overlap else 1.0})
+    return rows
+
+
+def _ring_bytes(op: CommOp, n: int) -> float:
+    frac = (n - 1) / n
+    return op.buffer_bytes * {"all-reduce": 2 * frac, "collective-permute": 1.0}.get(op.kind, frac)
+
+
+def analytic_ops(strategy: str, g_params: int, d_params: int, r1_weight: float, pl_weight: float,
+                 param_bytes: int = 4) -> list[CommOp]:
+    """Collectives of one amortised iteration when no compiled HLO is at hand (dp or fsdp, fp32 grads).
+
+    dp:   one all-reduce of the gradients per phase (G main: G; D main: D; R1: D; PL: G).
+    fsdp: per phase, an all-gather of every network it runs (G main and D main run both) and a
+          reduce-scatter of the gradients of the network it updates.
+    """
+    g, d = float(g_params * param_bytes), float(d_params * param_bytes)
+    phases = [("g", 1.0, (g, d)), ("d", 1.0, (g, d)), ("d", r1_weight, (d,)), ("g", pl_weight, (g,))]
+    ops = []
+    for net, weight, runs in phases:
+        if weight <= 0:
+            continue
+        grad = g if net == "g" else d
+        if strategy == "dp":
+            ops.append(CommOp("all-reduce", grad, weight))
+        elif strategy == "fsdp":
+            ops += [CommOp("all-gather", b, weight) for b in runs]
+            ops.append(CommOp("reduce-scatter", grad, weight))
+        else:
+            raise ValueError(f"scaling strategy {strategy!r}: expected dp or fsdp")
+    return ops
+
+
+def markdown(title: str, rows_by_strategy: dict[str, list[dict]], assumptions: list[str]) -> str:
+    lines = [f"# {title}", "", "## Assumptions", ""] + [f"- {a}" for a in assumptions] + [""]
+    for strategy, rows in rows_by_strategy.items():
+        lines += [f"## {strategy}", "",
+                  "| devices | compute s | comm s | comm MB/device | step s (no overlap) | step s (overlap) "
+                  "| efficiency (no overlap) | efficiency (overlap) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['devices']} | {r['compute_s']:.4g} | {r['comm_s']:.4g} | "
+                         f"{r['comm_bytes_per_device'] / 1e6:.1f} | {r['step_s_no_overlap']:.4g} | "
+                         f"{r['step_s_overlap']:.4g} | {100 * r['efficiency_no_overlap']:.1f}% | "
+                         f"{100 * r['efficiency_overlap']:.1f}% |")
+        lines.append("")
+    return "\n".join(lines)
