@@ -1,0 +1,174 @@
+"""The Grain input pipeline: TFDS array_record split -> globally sharded float32 batches in [-1, 1].
+
+Order of the data. One global stream is defined for a (dataset, shuffle_seed): the split shuffled with a
+fresh permutation each epoch (Grain folds the epoch into the seed), repeated forever, each element mirrored
+or not by a coin seeded from its stream position. Global batch t is stream elements [t*B, (t+1)*B). A
+process reads only its rows of each global batch (the rows its devices hold in `batch_sharding`), so the
+processes together read every element of an epoch exactly once, and the batches do not depend on how many
+processes there are. The iterator state is the number of batches consumed, so a run resumes with exactly
+the next batch, even on another process count.
+
+Speed. Grain threads (and optionally worker processes) decode and assemble whole local batches ahead of
+the train step; `next()` only copies uint8 rows to the devices (4x less than float32) and converts them
+there with a jitted, sharded op.
+"""
+
+import math
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ganjax.data import prepare as prepare_lib
+
+STATE_VERSION = 1
+
+
+def _image(example):
+    return example["image"]
+
+
+def _mirror(image, rng: np.random.Generator):
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def _row_range(batch_sharding, global_shape):
+    """[lo, hi): the global batch rows held by this process's devices (must be one contiguous block)."""
+    b = global_shape[0]
+    spans = sorted({(s[0].start or 0, b if s[0].stop is None else s[0].stop)
+                    for s in batch_sharding.addressable_devices_indices_map(global_shape).values()})
+    lo, hi = spans[0][0], spans[0][1]
+    for start, stop in spans[1:]:
+        if start > hi:
+            raise ValueError(f"parallel: this process's devices hold non-contiguous batch rows {spans}; "
+                             "order the mesh so each process owns one block of the data axes")
+        hi = max(hi, stop)
+    return lo, hi
+
+
+def _num_batch_shards(batch_sharding) -> int:
+    axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(batch_sharding.mesh.shape[a] for a in axes)
+
+
+class Loader:
+    """Infinite iterator of global batches; see the module docstring for the order of the data.
+
+    `next(loader)` -> jax.Array float32 [B, R, R, 3] in [-1, 1] with `batch_sharding`.
+    `loader.next_local()` -> this process's uint8 rows [B / num_shards, R, R, 3] (what next() would send).
+    `loader.get_state()` / `loader.set_state(state)`: JSON-serialisable dict; exact resume.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, batch_sharding: jax.sharding.NamedSharding, *,
+                 process_index: int | None = None, process_count: int | None = None):
+        prepare_lib.validate(config)
+        res, batch = config.model.resolution, config.train.batch_size
+        self.global_shape = (batch, res, res, 3)
+        self.batch_sharding = batch_sharding
+        self._simulated = process_index is not None or process_count is not None
+        if self._simulated:
+            process_count = jax.process_count() if process_count is None else process_count
+            process_index = jax.process_index() if process_index is None else process_index
+            if not 0 <= process_index < process_count:
+                raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+        else:
+            process_count, process_index = jax.process_count(), jax.process_index()
+        shards = _num_batch_shards(batch_sharding)
+        if batch < 1 or batch % shards:
+            raise ValueError(f"train.batch_size: {batch} is not divisible by the {shards} data shards "
+                             "(devices along the mesh's batch axes)")
+        if batch % process_count:
+            raise ValueError(f"train.batch_size: {batch} is not divisible by the {process_count} processes")
+        if self._simulated:
+            rows = batch // process_count
+            self.shard_index, self.num_shards, self.local_batch = process_index, process_count, rows
+        else:
+            lo, hi = _row_range(batch_sharding, self.global_shape)
+            self.local_batch = hi - lo
+            self.shard_index, self.num_shards = lo // self.local_batch, batch // self.local_batch
+
+        builder, split = prepare_lib.builder_and_split(config)
+        if not builder.is_prepared():
+            raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}; "
+                             "run `ganjax data prepare` (or call ganjax.data.prepare(config)) first")
+        source = builder.as_data_source(split=split)
+        self.num_examples = len(source)
+        self.dataset = f"{builder.name}/{builder.builder_config.name}:{split}"
+        self._seed = int(config.data.shuffle_seed)
+        self._worker_count = int(config.data.worker_count)
+
+        ds = grain.MapDataset.source(source).map(_image).shuffle(seed=self._seed).repeat(None)
+        if config.data.mirror:
+            ds = ds.random_map(_mirror, seed=self._seed + 1)
+        # Chunks of `local_batch` consecutive stream elements; chunk c is row block c % num_shards of
+        # global batch c // num_shards, so this process takes every num_shards-th chunk.
+        ds = ds.batch(self.local_batch, drop_remainder=True)[self.shard_index::self.num_shards]
+        threads = max(1, min(16, os.cpu_count() or 1))
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                     prefetch_buffer_size=max(threads, config.data.prefetch)))
+        if self._worker_count:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside `ganjax` take defaults
+                flags.FLAGS.mark_as_parsed()
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+        self._iter_ds = it_ds
+        self._it = iter(it_ds)
+        self._step = 0
+        self._to_float = jax.jit(lambda x: jnp.minimum(x.astype(jnp.float32) / 127.5 - 1.0, 1.0),  # XLA rounds 255/127.5 up
+                                 out_shardings=batch_sharding)
+
+    def __iter__(self):
+        return self
+
+    def next_local(self) -> np.ndarray:
+        rows = next(self._it)
+        self._step += 1
+        return rows
+
+    def __next__(self) -> jax.Array:
+        if self._simulated and (self.num_shards, self.shard_index) != (jax.process_count(), jax.process_index()):
+            raise RuntimeError("a loader made with a simulated process_index/process_count only gives "
+                               "next_local(); global arrays need the real process layout")
+        rows = self.next_local()
+        arr = jax.make_array_from_process_local_data(self.batch_sharding, rows, self.global_shape)
+        return self._to_float(arr)
+
+    def get_state(self) -> dict:
+        state = {"version": STATE_VERSION, "step": self._step, "global_batch": self.global_shape[0],
+                 "shuffle_seed": self._seed, "dataset": self.dataset, "num_examples": self.num_examples}
+        if self._worker_count:  # worker processes keep per-worker positions; resume needs the same count
+            state["worker_count"] = self._worker_count
+            state["grain"] = self._it.get_state()
+        return state
+
+    def set_state(self, state: dict):
+        """Continue after the last batch counted in `state` (from get_state, possibly another process count)."""
+        mine = self.get_state()
+        for key in ("version", "global_batch", "shuffle_seed", "dataset", "num_examples", "worker_count"):
+            if state.get(key) != mine.get(key):
+                field = {"global_batch": "train.batch_size", "shuffle_seed": "data.shuffle_seed",
+                         "worker_count": "data.worker_count"}.get(key, "data.dataset")
+                raise ValueError(f"data iterator state: saved with {key}={state.get(key)!r}, now "
+                                 f"{mine.get(key)!r} ({field}); the saved batch order cannot be continued")
+        if self._worker_count:
+            self._it.set_state(state["grain"])
+        else:
+            self._it.set_state({"next_index": int(state["step"])})
+        self._step = int(state["step"])
+
+    def close(self):
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def make_loader(config: ml_collections.ConfigDict, batch_sharding: jax.sharding.NamedSharding, *,
+                process_index: int | None = None, process_count: int | None = None) -> Loader:
+    return Loader(config, batch_sharding, process_index=process_index, process_count=process_count)

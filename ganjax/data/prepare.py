@@ -1,0 +1,76 @@
+"""From `config.data` to a prepared TFDS builder: which builder, which split, and checks before any work."""
+
+import ml_collections
+
+from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
+
+BUILTIN = ("shapes", "folder")
+
+
+def data_dir(config: ml_collections.ConfigDict):
+    return config.data.data_dir or None  # None: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+
+
+def validate(config: ml_collections.ConfigDict):
+    """Checks of config.data (and the resolution it is stored at) that need no files; errors name the field."""
+    r = config.model.resolution
+    if not isinstance(r, int) or r < 4 or r & (r - 1):
+        raise ValueError(f"model.resolution: must be a power of two >= 4 (got {r!r})")
+    d = config.data
+    if not d.dataset:
+        raise ValueError(f"data.dataset: must be set ({', '.join(BUILTIN)} or a TFDS catalog name)")
+    if not d.aspect_ratio > 0:
+        raise ValueError(f"data.aspect_ratio: must be > 0 (height / width; got {d.aspect_ratio})")
+    if d.prefetch < 0:
+        raise ValueError(f"data.prefetch: must be >= 0 batches (got {d.prefetch})")
+    if d.worker_count < 0:
+        raise ValueError(f"data.worker_count: must be >= 0 (got {d.worker_count})")
+    if d.dataset == "shapes" and d.split not in ("train", "test"):
+        raise ValueError(f"data.split: the shapes dataset has splits 'train' and 'test' (got {d.split!r})")
+    if d.dataset == "folder" and d.split != "train":
+        raise ValueError(f"data.split: an image folder has one split, 'train' (got {d.split!r})")
+
+
+def builder_and_split(config: ml_collections.ConfigDict):
+    """(TFDS builder, split to read) for config.data; does not prepare anything."""
+    validate(config)
+    d, r = config.data, config.model.resolution
+    if d.dataset == "shapes":
+        return tfds_shapes.make_builder(tfds_shapes.ShapesConfig.make(r, d.num_images), data_dir(config)), d.split
+    if d.dataset == "folder":
+        return tfds_folder.make_builder(tfds_folder.FolderConfig.make(d.folder, r, d.aspect_ratio),
+                                        data_dir(config)), "train"
+    # A catalog dataset: the derived, resized copy holds the configured source split as 'train'.
+    tfds_catalog.source_builder(d.dataset, data_dir(config), BUILTIN)  # unknown names fail here, early
+    cfg = tfds_catalog.CatalogConfig.make(d.dataset, d.split, r, d.aspect_ratio)
+    return tfds_catalog.make_builder(cfg, data_dir(config)), "train"
+
+
+def prepare(config: ml_collections.ConfigDict):
+    """Make the TFDS dataset named by config.data (idempotent: fast when already prepared); returns the builder.
+
+    In a multi-process run, process 0 prepares first and the others wait, then check (or, with per-host data
+    dirs, make) their own copy; so a shared data dir is written once.
+    """
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            builder = _prepare_here(config)
+        multihost_utils.sync_global_devices("ganjax.data.prepare")
+        if jax.process_index() != 0:
+            builder = _prepare_here(config)
+        return builder
+    return _prepare_here(config)
+
+
+def _prepare_here(config):
+    builder, _ = builder_and_split(config)
+    if config.data.dataset not in BUILTIN:
+        source = tfds_catalog.source_builder(config.data.dataset, data_dir(config), BUILTIN)
+        if not builder.is_prepared():
+            tfds_catalog.prepare_source(source, config.data.dataset)
+    builder.download_and_prepare()
+    return builder
