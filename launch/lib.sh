@@ -20,3 +20,10 @@ python_bin() {  # the project's venv if present (local.sh/test.sh create it), el
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   if [[ -x "$root/.venv/bin/python" ]]; then echo "$root/.venv/bin/python"; else echo python3; fi
 }
+
+config_overrides() {  # sets OVERRIDES to the --config.* arguments among "$@" (what `ganjax data` accepts too)
+  OVERRIDES=()
+  local arg
+  for arg in "$@"; do [[ "$arg" == --config.* ]] && OVERRIDES+=("$arg"); done
+  return 0
+}

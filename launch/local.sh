@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first command: install ganjax into .venv, then train GANsformer on the embedded procedural
+# The README's first command: install ganjax into .venv, make the dataset, then train GANsformer on the embedded procedural
 # scenes at 32x32 (configs/gansformer.py:shapes32) on this machine's CPU. Re-running resumes the run.
 #
 # usage: bash launch/local.sh [--dry-run] [ganjax train flags, e.g. --config.train.total_kimg=4]
@@ -14,6 +14,8 @@ CONFIG=${CONFIG:-configs/gansformer.py:shapes32}
 run python3 -m venv .venv
 run .venv/bin/pip install -q --upgrade pip
 run .venv/bin/pip install -q -e .
+config_overrides "$@"
+run .venv/bin/python -m ganjax data prepare --config="$CONFIG" "${OVERRIDES[@]}"
 run .venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR" "$@"
 [[ "$DRY_RUN" == 1 ]] && exit 0
 

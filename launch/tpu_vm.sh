@@ -72,7 +72,13 @@ REMOTE_SETUP+=' && python3 -m venv .venv && .venv/bin/pip install -q --upgrade p
 REMOTE_SETUP+=' && .venv/bin/pip install -q -e . "jax[tpu]>=0.10.2"'
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$REMOTE_SETUP"
 
-# 3. The same training command on every worker; data and workdir on GCS.
+# 3. Make the dataset once, from worker 0, before all workers read it.
+config_overrides "$@"
+PREPARE=(.venv/bin/python -m ganjax data prepare --config="$CONFIG" --config.data.data_dir="$DATA_DIR"
+         "${OVERRIDES[@]}")
+run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command="cd ganjax && $(quote "${PREPARE[@]}")"
+
+# 4. The same training command on every worker; data and workdir on GCS.
 TRAIN=(.venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR"
        --config.data.data_dir="$DATA_DIR" "$@")
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="cd ganjax && $(quote "${TRAIN[@]}")"
