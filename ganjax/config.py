@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.d_attention = False  # latent aggregators in D (TF reference's --d-transformer)
     m.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
     m.remat = False
+    m.mapping_resnet = True  # residual mapping layers (GANsformer); False = plain fc stack (StyleGAN2)
+    m.conv_impl = "auto"  # auto (matmul on CPU, xla on GPU/TPU) | matmul | xla
 
     d = c.data = ml_collections.ConfigDict()
     d.dataset = "shapes"  # shapes | folder | any TFDS catalog name (e.g. cifar10, clevr)

@@ -1,0 +1,159 @@
+"""Bipartite attention between a set of 'from' elements (image positions, or latents) and 'to' elements.
+
+Notation: x [B, F, C] from-elements, y [B, T, Cy] to-elements, N heads of size S = dim / N.
+Kinds (see SPEC-gansformer.md section 4):
+- 'simplex': logits = (x Wq + Px)(y Wk + Py)^T / sqrt(S); softmax over T; control = A (y Wv).
+- 'official': the released models' k-means path (parametric, `kmeans_iters` >= 1):
+      E = concat[x Wq, Px] split into heads ([B, N, F, 2S]); C0 = learned centroids [1, N, T, 2S];
+      logits = (E * att_weight) C^T / sqrt(S); for iterations > 0, C = normalise_F(A)^T E.
+  Keys (y Wk + Py) are computed (their params exist, as in the reference) but never reach the output.
+- 'duplex': the latents first attend to the image (bottom-up): keys K' = softmax_F((y Wk + Py)(x Wk' + Px)^T)
+  (x Wv'); the image then attends to K' + Py with values y Wv; the latents are updated y + (K' Wu) and the
+  update is returned so the caller can carry it to the next layer.
+Integration of control into x (norm='layer': statistics over channels per element):
+  'mul': norm(x) * (1 + c Wm + bm);  'add': norm(x) + c Wm + bm;  'both': norm(x) * (1 + gamma) + beta.
+Attention dropout (train only): rate/2 elementwise plus rate/2 on whole 'to' columns.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ganjax.nn.layers import Dense, boxed_param, constant
+
+KINDS = ("simplex", "official", "duplex")
+INTEGRATIONS = ("mul", "add", "both")
+
+
+def split_heads(t, heads):
+    """[B, L, N*S] -> [B, N, L, S]."""
+    b, n = t.shape[0], t.shape[1]
+    return t.reshape(b, n, heads, t.shape[-1] // heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(t):
+    """[B, N, L, S] -> [B, L, N*S]."""
+    b, h, n, s = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(b, n, h * s)
+
+
+def att_norm(x, integration: str, eps: float = 1e-8):
+    """Channel-wise (per element) centring for add/both and RMS normalisation for mul/both."""
+    x = x.astype(jnp.float32)
+    if integration in ("add", "both"):
+        x = x - jnp.mean(x, axis=-1, keepdims=True)
+    if integration in ("mul", "both"):
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    return x
+
+
+def assignments(probs, eps: float = 1e-8):
+    """Normalise attention over the from-elements: [B, N, F, T] -> [B, N, T, F]."""
+    return jnp.swapaxes(probs / (jnp.sum(probs, axis=-2, keepdims=True) + eps), -1, -2)
+
+
+class BipartiteAttention(nn.Module):
+    dim: int  # attention width = channels of x (integration modulates x's channels)
+    heads: int = 1
+    kind: str = "simplex"
+    integration: str = "add"
+    norm: bool = False  # layer-normalise x before integration ('layer' in the reference)
+    dropout: float = 0.0
+    kmeans_iters: int = 1
+    from_axis: str | None = "embed"  # logical name of x's channel dim
+    to_axis: str | None = "embed"  # logical name of y's channel dim
+    dtype: Any = jnp.float32
+
+    def _dense(self, name, features, in_axis, out_axis="heads"):
+        return Dense(features, axes=(in_axis, out_axis), dtype=self.dtype, name=name)
+
+    def _softmax_dropout(self, logits, train):
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if train and self.dropout > 0:
+            keep = 1.0 - self.dropout / 2
+            k1, k2 = jax.random.split(self.make_rng("dropout"))
+            cell = jax.random.bernoulli(k1, keep, probs.shape)
+            col_shape = probs.shape[:-2] + (1,) + probs.shape[-1:]
+            col = jax.random.bernoulli(k2, keep, col_shape)
+            probs = probs * cell / keep * col / keep
+        return probs
+
+    @nn.compact
+    def __call__(self, x, y, x_pos=None, y_pos=None, *, train: bool = False):
+        """x [B, F, C], y [B, T, Cy], x_pos [F, P] | None, y_pos [T, P] | None.
+
+        Returns (new x [B, F, C] float32, probs [B, N, F, T], latent update [B, T, Cy] or None).
+        """
+        if self.kind not in KINDS:
+            raise ValueError(f"attention kind {self.kind!r} is not one of {KINDS}")
+        if self.dim % self.heads:
+            raise ValueError(f"attention: heads={self.heads} does not divide the width {self.dim}")
+        b, f, t = x.shape[0], x.shape[1], y.shape[1]
+        n, s = self.heads, self.dim // self.heads
+        scale = 1.0 / np.sqrt(s)
+        cast = lambda a: a.astype(self.dtype)  # noqa: E731
+        x, y = cast(x), cast(y)
+
+        q_plain = self._dense("to_queries", self.dim, self.from_axis)(x)  # [B, F, D]
+        k_plain = self._dense("to_keys", self.dim, self.to_axis)(y)  # [B, T, D]
+        values = self._dense("to_values", self.dim, self.to_axis)(y)
+        px = self._dense("from_pos_map", self.dim, "embed")(cast(x_pos))[None] if x_pos is not None else None
+        py = self._dense("to_pos_map", self.dim, "embed")(cast(y_pos))[None] if y_pos is not None else None
+        queries = q_plain if px is None else q_plain + px
+        keys = k_plain if py is None else k_plain + py
+
+        update = None
+        if self.kind == "official":
+            if px is None:
+                raise ValueError("official attention needs grid positions (x_pos)")
+            # The reference splits concat[Q, P] (not Q and P separately) into heads.
+            elements = split_heads(jnp.concatenate([q_plain, jnp.broadcast_to(px, q_plain.shape)], axis=-1), n)
+            elements = elements.astype(jnp.float32)  # [B, N, F, 2S]
+            att_weight = boxed_param(self, "att_weight", constant(1.0), (n, 1, 2 * s), (None, None, None))
+            centroids = boxed_param(self, "centroids", jax.nn.initializers.normal(1.0), (1, n, t, 2 * s),
+                                    (None, None, "latents", None))
+            cents = jnp.broadcast_to(centroids, (b, n, t, 2 * s))
+            probs = None
+            for i in range(self.kmeans_iters):
+                if i > 0:
+                    cents = jnp.einsum("bntf,bnfd->bntd", assignments(probs), elements)
+                logits = jnp.einsum("bnfd,bntd->bnft", elements * att_weight, cents) * scale
+                probs = self._softmax_dropout(logits, train)
+        elif self.kind == "simplex":
+            logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries, n).astype(jnp.float32),
+                                split_heads(keys, n).astype(jnp.float32)) * scale
+            probs = self._softmax_dropout(logits, train)
+        else:  # duplex: the latents first gather from the image (bottom-up); what they gather are the keys
+            img_keys = self._dense("img_keys", self.dim, self.from_axis)(x)
+            if px is not None:
+                img_keys = img_keys + px
+            img_values = self._dense("img_values", self.dim, self.from_axis)(x)
+            bu_logits = jnp.einsum("bntd,bnfd->bntf", split_heads(keys, n).astype(jnp.float32),
+                                   split_heads(img_keys, n).astype(jnp.float32)) * scale
+            bu_probs = self._softmax_dropout(bu_logits, train)  # each latent's distribution over positions
+            gathered = merge_heads(jnp.einsum("bntf,bnfd->bntd", bu_probs,
+                                              split_heads(img_values, n).astype(jnp.float32)))  # [B, T, D]
+            new_keys = gathered if py is None else gathered + py.astype(jnp.float32)
+            logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries, n).astype(jnp.float32),
+                                split_heads(new_keys, n)) * scale
+            probs = self._softmax_dropout(logits, train)
+            update = Dense(y.shape[-1], axes=("heads", self.to_axis), dtype=self.dtype, name="ltnt_update")(
+                gathered.astype(self.dtype)).astype(jnp.float32)
+
+        control = merge_heads(jnp.einsum("bnft,bntd->bnfd", probs, split_heads(values, n).astype(jnp.float32)))
+        out = att_norm(x, self.integration) if self.norm else x.astype(jnp.float32)
+        width = 2 * self.dim if self.integration == "both" else self.dim
+        ctrl = Dense(width, axes=("heads", self.from_axis), dtype=self.dtype, name="modulation")(
+            control.astype(self.dtype)).astype(jnp.float32)
+        if self.integration == "both":
+            gain, bias = jnp.split(ctrl, 2, axis=-1)
+        else:
+            gain = bias = ctrl
+        if self.integration != "add":
+            out = out * (gain + 1)
+        if self.integration != "mul":
+            out = out + bias
+        return out, probs, update

@@ -1,0 +1,125 @@
+"""The one 2-D convolution primitive (NHWC, HWIO kernels), with two interchangeable implementations.
+
+- 'xla':    lax.conv_general_dilated. On GPU/TPU this is the vendor's convolution.
+- 'matmul': the kh*kw shifted (strided) slices of the padded input concatenated on channels, then one
+            matmul. On XLA:CPU this runs 1.3-1.8x faster than XLA's own convolution (fwd+bwd), see
+            shared/bench/official-cpu-configs.md.
+
+Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
+[B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
+`conv2d_transpose` is torch's conv_transpose2d (stride s, no padding, kernel not flipped): in the
+'matmul' form it is one matmul to all kernel taps followed by a polyphase scatter of the taps.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("matmul", "xla")
+
+
+@functools.cache
+def default_impl() -> str:
+    """'matmul' on CPU (faster there), 'xla' on GPU/TPU."""
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+
+
+def resolve_impl(impl: str | None) -> str:
+    if impl in (None, "auto"):
+        return default_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"conv impl {impl!r} is not one of {('auto',) + IMPLS}")
+    return impl
+
+
+def _pairs(padding):
+    """int, (ph, pw) or ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    ph, pw = padding
+    ph = (ph, ph) if isinstance(ph, int) else tuple(ph)
+    pw = (pw, pw) if isinstance(pw, int) else tuple(pw)
+    return (ph, pw)
+
+
+def _apply_kernel(patches, w):
+    """patches [B, H, W, K] times kernel [K, O] (shared) or [B, K, O] (per sample)."""
+    if w.ndim == 2:
+        return jnp.dot(patches, w, preferred_element_type=patches.dtype)
+    return jnp.einsum("bhwk,bko->bhwo", patches, w)
+
+
+def conv2d(x, w, *, stride: int = 1, padding=0, impl: str | None = None):
+    """Correlate x [B, H, W, Cin] with w [kh, kw, Cin, Cout] or [B, kh, kw, Cin, Cout]."""
+    impl = resolve_impl(impl)
+    (pt, pb), (pl, pr) = _pairs(padding)
+    per_sample = w.ndim == 5
+    kh, kw, cin, cout = w.shape[-4:]
+    w = w.astype(x.dtype)
+    if impl == "xla":
+        dn = ("NHWC", "HWIO", "NHWC")
+        if not per_sample:
+            return lax.conv_general_dilated(x, w, (stride, stride), ((pt, pb), (pl, pr)), dimension_numbers=dn)
+        b, h, wd, _ = x.shape
+        xg = x.transpose(1, 2, 0, 3).reshape(1, h, wd, b * cin)
+        wg = w.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, b * cout)
+        y = lax.conv_general_dilated(xg, wg, (stride, stride), ((pt, pb), (pl, pr)), dimension_numbers=dn,
+                                     feature_group_count=b)
+        return y.reshape(y.shape[1], y.shape[2], b, cout).transpose(2, 0, 1, 3)
+    if pt or pb or pl or pr:
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    wk = w.reshape(w.shape[:-4] + (kh * kw * cin, cout))
+    return _apply_kernel(patches, wk)
+
+
+def conv2d_transpose(x, w, *, stride: int = 2, impl: str | None = None):
+    """torch conv_transpose2d: out[s*i + p, s*j + q] += x[i, j] @ w[p, q]; size s*(H-1) + k.
+
+    w: [kh, kw, Cin, Cout] or per sample [B, kh, kw, Cin, Cout].
+    """
+    impl = resolve_impl(impl)
+    per_sample = w.ndim == 5
+    kh, kw, cin, cout = w.shape[-4:]
+    w = w.astype(x.dtype)
+    s = stride
+    if impl == "xla":
+        wf = jnp.flip(w, axis=(-4, -3))
+        dn = ("NHWC", "HWIO", "NHWC")
+        pad = ((kh - 1, kh - 1), (kw - 1, kw - 1))
+        if not per_sample:
+            return lax.conv_general_dilated(x, wf, (1, 1), pad, lhs_dilation=(s, s), dimension_numbers=dn)
+        b, h, wd, _ = x.shape
+        xg = x.transpose(1, 2, 0, 3).reshape(1, h, wd, b * cin)
+        wg = wf.transpose(1, 2, 3, 0, 4).reshape(kh, kw, cin, b * cout)
+        y = lax.conv_general_dilated(xg, wg, (1, 1), pad, lhs_dilation=(s, s), dimension_numbers=dn,
+                                     feature_group_count=b)
+        return y.reshape(y.shape[1], y.shape[2], b, cout).transpose(2, 0, 1, 3)
+    b, h, wd, _ = x.shape
+    # One matmul to every tap: z[..., p, q, :] = x @ w[p, q].
+    wk = jnp.moveaxis(w.reshape(w.shape[:-4] + (kh * kw, cin, cout)), -3, -2)  # [..., Cin, kh*kw, Cout]
+    wk = wk.reshape(w.shape[:-4] + (cin, kh * kw * cout))
+    z = _apply_kernel(x, wk).reshape(b, h, wd, kh, kw, cout)
+    # Polyphase scatter: output row s*m + a collects taps p = a + s*t from input row m - t.
+    th, tw = -(-kh // s), -(-kw // s)  # taps per phase (ceil)
+    mh, mw = h - 1 + th, wd - 1 + tw  # rows/cols per phase
+    phases = []
+    for a in range(s):
+        row = []
+        for c in range(s):
+            acc = jnp.zeros((b, mh, mw, cout), x.dtype)
+            for t in range((kh - a + s - 1) // s if a < kh else 0):
+                for u in range((kw - c + s - 1) // s if c < kw else 0):
+                    tap = z[:, :, :, a + s * t, c + s * u, :]
+                    acc = acc + jnp.pad(tap, ((0, 0), (t, th - 1 - t), (u, tw - 1 - u), (0, 0)))
+            row.append(acc)
+        phases.append(jnp.stack(row, axis=3))  # [B, mh, mw, s(c), C]
+    y = jnp.stack(phases, axis=2)  # [B, mh, s(a), mw, s(c), C]
+    y = y.reshape(b, mh * s, mw * s, cout)
+    return y[:, :s * (h - 1) + kh, :s * (wd - 1) + kw, :]

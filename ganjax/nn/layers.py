@@ -1,0 +1,96 @@
+"""Equalized-learning-rate layers (StyleGAN2 conventions).
+
+A weight is stored as randn / lrmul and used as weight * gain / sqrt(fan_in) * lrmul; a bias is used as
+bias * lrmul. Dense kernels are stored [in, out]; conv kernels HWIO [kh, kw, in, out]. Params are float32
+and boxed with logical axis names; they are cast to the layer's compute dtype at use.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ganjax.nn.conv_resample import conv2d_resample
+
+ACT_GAIN = {"linear": 1.0, "lrelu": float(np.sqrt(2.0))}
+
+
+def bias_act(x, b=None, act: str = "linear", gain: float = 1.0):
+    """act(x + b) * default_gain(act) * gain; lrelu slope 0.2 with default gain sqrt(2)."""
+    if b is not None:
+        x = x + b.astype(x.dtype)
+    if act == "lrelu":
+        x = jnp.where(x >= 0, x, x * jnp.asarray(0.2, x.dtype))
+    elif act != "linear":
+        raise ValueError(f"unknown activation {act!r}")
+    g = ACT_GAIN[act] * gain
+    return x * jnp.asarray(g, x.dtype) if g != 1 else x
+
+
+def scaled_normal(lrmul: float = 1.0):
+    """randn / lrmul, the stored form of an equalized-lr weight."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.normal(key, shape, dtype) / lrmul
+    return init
+
+
+def constant(value: float):
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, value, dtype)
+    return init
+
+
+def boxed_param(module: nn.Module, name: str, init, shape, axes):
+    """A float32 param carrying logical axis names (one name or None per dim)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"{name}: {len(axes)} axis names for shape {shape}")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape))
+
+
+class Dense(nn.Module):
+    """Equalized-lr fully connected layer act(x @ w + b) (the reference's FullyConnectedLayer)."""
+    features: int
+    act: str = "linear"
+    lrmul: float = 1.0
+    bias_init: float = 0.0
+    use_bias: bool = True
+    axes: tuple = ("embed", "mlp")  # logical names of the [in, out] kernel; the bias takes axes[1]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        w = boxed_param(self, "weight", scaled_normal(self.lrmul), (fan_in, self.features), self.axes)
+        w = (w * (self.lrmul / np.sqrt(fan_in))).astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype), w)
+        b = None
+        if self.use_bias:
+            b = boxed_param(self, "bias", constant(self.bias_init), (self.features,), self.axes[1:]) * self.lrmul
+        return bias_act(y, b, self.act)
+
+
+class Conv2d(nn.Module):
+    """Equalized-lr conv with optional FIR up/down x2 (the reference's Conv2dLayer)."""
+    features: int
+    kernel: int
+    act: str = "linear"
+    use_bias: bool = True
+    up: int = 1
+    down: int = 1
+    gain: float = 1.0
+    conv_impl: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cin, k = x.shape[-1], self.kernel
+        w = boxed_param(self, "weight", scaled_normal(), (k, k, cin, self.features),
+                        (None, None, "conv_in", "conv_out"))
+        w = (w * (1.0 / np.sqrt(cin * k * k))).astype(self.dtype)
+        x = conv2d_resample(x.astype(self.dtype), w, up=self.up, down=self.down, padding=k // 2,
+                            impl=self.conv_impl)
+        b = boxed_param(self, "bias", constant(0.0), (self.features,), ("conv_out",)) if self.use_bias else None
+        return bias_act(x, b, self.act, self.gain)

@@ -1,0 +1,75 @@
+"""FIR resampling with upfirdn2d semantics (StyleGAN2): upsample by zero insertion, pad (negative = crop),
+convolve with a normalised low-pass filter times `gain`, downsample by keeping every `down`-th sample.
+
+The filter is 1-D and separable (the 2-D filter is its outer product), applied as two 1-D passes written as
+weighted sums of shifted slices: no convolution op, cheap on every backend.
+"""
+
+import numpy as np
+import jax.numpy as jnp
+from jax import lax
+
+DEFAULT_FILTER = (1.0, 3.0, 3.0, 1.0)
+
+
+def setup_filter(f=DEFAULT_FILTER) -> np.ndarray:
+    """1-D taps normalised so the 2-D outer product sums to 1."""
+    f = np.asarray(f, np.float64)
+    if f.ndim != 1 or f.size == 0:
+        raise ValueError(f"resampling filter must be a non-empty 1-D sequence, got shape {f.shape}")
+    return f / f.sum()
+
+
+def _upfirdn_axis(x, f, up, down, p0, p1, axis, gain):
+    n = x.shape[axis]
+    if up > 1:
+        x = jnp.expand_dims(x, axis + 1)
+        pad = [(0, 0)] * x.ndim
+        pad[axis + 1] = (0, up - 1)
+        x = jnp.pad(x, pad)
+        shape = list(x.shape)
+        shape[axis:axis + 2] = [n * up]
+        x = x.reshape(shape)
+    # Pad (positive) then crop (negative padding).
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (max(p0, 0), max(p1, 0))
+    x = jnp.pad(x, pad)
+    start, stop = max(-p0, 0), x.shape[axis] - max(-p1, 0)
+    if start or stop != x.shape[axis]:
+        x = lax.slice_in_dim(x, start, stop, axis=axis)
+    # True convolution (filter flipped), 'valid' extent.
+    taps = f[::-1] * gain
+    length = x.shape[axis] - len(taps) + 1
+    out = None
+    for t, c in enumerate(taps):
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(t, t + length)
+        term = x[tuple(sl)] * jnp.asarray(c, x.dtype)
+        out = term if out is None else out + term
+    if down > 1:
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(None, None, down)
+        out = out[tuple(sl)]
+    return out
+
+
+def upfirdn2d(x, f=DEFAULT_FILTER, *, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: float = 1.0):
+    """x [B, H, W, C]; padding (x0, x1, y0, y1) as upfirdn2d; f 1-D taps (normalised here)."""
+    f = setup_filter(f)
+    px0, px1, py0, py1 = padding
+    x = _upfirdn_axis(x, f, up, down, py0, py1, 1, gain)
+    return _upfirdn_axis(x, f, up, down, px0, px1, 2, 1.0)
+
+
+def upsample2d(x, f=DEFAULT_FILTER, factor: int = 2):
+    """FIR upsampling x2 with gain factor**2 (size H -> 2H)."""
+    fw = len(f)
+    p0, p1 = (fw + factor - 1) // 2, (fw - factor) // 2
+    return upfirdn2d(x, f, up=factor, padding=(p0, p1, p0, p1), gain=factor ** 2)
+
+
+def downsample2d(x, f=DEFAULT_FILTER, factor: int = 2):
+    """FIR filter then keep every second sample (size H -> H/2)."""
+    fw = len(f)
+    p0, p1 = (fw - factor + 1) // 2, (fw - factor) // 2
+    return upfirdn2d(x, f, down=factor, padding=(p0, p1, p0, p1))
