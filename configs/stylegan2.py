@@ -1,8 +1,8 @@
 """StyleGAN2 baseline presets with the GANsformer presets' names and training defaults:
 `--config configs/stylegan2.py:<preset>[,size=s|m|l|xl]`.
 
-No local latents and no attention; z = w = 512 through the 9-fc-layer mapping network (4 residual
-layers of 2 fc + 1 output fc); skip generator, resnet discriminator (StyleGAN2 config-f).
+No local latents and no attention; z = w = 512 through a plain 9-fc mapping network (8 fc + the output
+fc, as the reference's StyleGAN2 baseline); skip generator, resnet discriminator (StyleGAN2 config-f).
 """
 
 from ganjax import presets
@@ -16,7 +16,7 @@ def get_config(arg=None):
     presets.apply_dataset(c, name)
     m = c.model
     m.num_local, m.z_dim, m.w_dim = 0, 512, 512
-    m.mapping_layers = 4
+    m.mapping_layers, m.mapping_resnet = 4, False  # 8 plain fc + the output fc
     m.attention, m.mapping_attention, m.global_modulation = "none", False, True
     m.architecture_g, m.architecture_d = "skip", "resnet"
     if name not in presets.CPU:
