@@ -19,7 +19,7 @@ PALETTE = np.array(
      [129, 74, 25], [129, 38, 192], [41, 208, 208], [255, 238, 51]],
     np.float32,
 ) / 255.0
-SIZES = (0.075, 0.105, 0.135)  # object radius as a fraction of the image side, before perspective
+SIZES = (0.085, 0.115, 0.15)  # object radius as a fraction of the image side, before perspective
 MATERIALS = ("rubber", "metal")
 SPLIT_IDS = {"train": 0, "test": 1}
 
