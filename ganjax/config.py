@@ -80,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_every_kimg = 5.0
     t.sample_grid = 16  # images in the fixed-latent sample grid
     t.price_per_device_hour = 0.0
+    t.noise_mode = "random"  # G's per-pixel noise while training: random (reference) | const | none
+
 
     p = c.parallel = ml_collections.ConfigDict()
     p.strategy = "dp"  # dp | fsdp | fsdp_tp | shard_map
@@ -90,6 +92,15 @@ def base_config() -> ml_collections.ConfigDict:
     p.coordinator_address = ""
     p.num_processes = 0
     p.process_id = -1
+    # Logical-axis rules per strategy: ((logical axis of the models, mesh axis or None), ...). Per parameter
+    # dimension the first rule whose mesh axis is unused and divides the dimension wins (else replicated).
+    r = p.rules = ml_collections.ConfigDict()
+    r.dp = ()
+    r.shard_map = ()
+    r.fsdp = (("conv_out", "fsdp"), ("mlp", "fsdp"), ("embed", "fsdp"), ("conv_in", "fsdp"),
+              ("heads", "fsdp"), ("latents", "fsdp"))
+    r.fsdp_tp = (("heads", "model"), ("conv_out", "model"), ("mlp", "model"), ("conv_in", "fsdp"),
+                 ("embed", "fsdp"), ("conv_out", "fsdp"), ("mlp", "fsdp"), ("latents", "fsdp"))
 
     k = c.checkpoint = ml_collections.ConfigDict()
     k.every_kimg = 10.0

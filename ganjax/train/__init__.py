@@ -1,0 +1,1 @@
+"""Adversarial training: train state, losses and regularisers, the jitted step, the loop."""

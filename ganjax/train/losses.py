@@ -1,0 +1,68 @@
+"""Adversarial losses, the R1 and path-length regularisers, style mixing and the EMA schedule.
+
+Conventions follow the StyleGAN2(-ADA) / GANsformer PyTorch training code: per-sample losses averaged over
+the batch; regularisers multiplied by their lazy interval; the EMA half-life counted in images.
+"""
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ("logistic", "hinge")
+
+
+def g_adv_loss(kind: str, fake_logits):
+    """Per-sample generator loss. logistic: non-saturating -log sigmoid(D(G(z))). hinge: -D(G(z)) (the
+    usual hinge-GAN generator loss; the GANsformer PyTorch code's `-clamp(1 + logits, 0)` is not used)."""
+    if kind == "logistic":
+        return jax.nn.softplus(-fake_logits)
+    if kind == "hinge":
+        return -fake_logits
+    raise ValueError(f"train.loss: must be one of {LOSSES}, got {kind!r}")
+
+
+def d_adv_loss(kind: str, real_logits, fake_logits):
+    """Per-sample (real term, fake term) of the discriminator loss."""
+    if kind == "logistic":
+        return jax.nn.softplus(-real_logits), jax.nn.softplus(fake_logits)
+    if kind == "hinge":
+        return jax.nn.relu(1.0 - real_logits), jax.nn.relu(1.0 + fake_logits)
+    raise ValueError(f"train.loss: must be one of {LOSSES}, got {kind!r}")
+
+
+def r1_penalty(d_logits_fn, reals):
+    """Per-sample |grad_x D(x)|^2 at the real images (the R1 penalty before the gamma/2 factor)."""
+    grads = jax.grad(lambda x: jnp.sum(d_logits_fn(x)))(reals)
+    return jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=tuple(range(1, grads.ndim)))
+
+
+def path_lengths(synthesis_fn, ws, key):
+    """Per-sample path length |J_w^T y| for y ~ N(0, I)/sqrt(H*W) (StyleGAN2's definition: the squared
+    gradient summed over w_dim, averaged over the other w axes, square-rooted)."""
+    img, vjp = jax.vjp(synthesis_fn, ws)
+    noise = jax.random.normal(key, img.shape, jnp.float32) / jnp.sqrt(img.shape[1] * img.shape[2])
+    (grads,) = vjp(noise.astype(img.dtype))
+    sq = jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=-1)
+    return jnp.sqrt(jnp.mean(sq, axis=tuple(range(1, sq.ndim))))
+
+
+def style_mix(ws, ws_other, key, prob: float):
+    """With probability `prob` (one draw per batch, as in the reference) the w's from a random layer
+    cutoff in [1, num_ws) on come from `ws_other`. ws: [B, k, num_ws, w_dim]."""
+    num_ws = ws.shape[2]
+    if prob <= 0 or num_ws < 2:
+        return ws
+    k_cut, k_p = jax.random.split(key)
+    cutoff = jax.random.randint(k_cut, (), 1, num_ws)
+    cutoff = jnp.where(jax.random.uniform(k_p, ()) < prob, cutoff, num_ws)
+    mask = (jnp.arange(num_ws) < cutoff)[None, None, :, None]
+    return jnp.where(mask, ws, ws_other)
+
+
+def ema_beta(step, batch_size: int, ema_kimg: float, ema_rampup: float):
+    """Per-step decay of G_ema: half-life of ema_kimg thousand images, optionally ramped up as
+    min(ema_kimg, cur_kimg * ema_rampup); cur_kimg counts the images seen before this step."""
+    ema_nimg = jnp.asarray(ema_kimg * 1000.0, jnp.float32)
+    if ema_rampup > 0:
+        cur_nimg = step.astype(jnp.float32) * batch_size
+        ema_nimg = jnp.minimum(ema_nimg, cur_nimg * ema_rampup)
+    return 0.5 ** (batch_size / jnp.maximum(ema_nimg, 1e-8))

@@ -1,0 +1,103 @@
+"""The train state pytree and the two Adam optimizers with lazy-regularisation scaling."""
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    g_params: dict
+    g_buffers: dict  # w_avg and the const noise maps
+    g_ema_params: dict
+    g_ema_buffers: dict
+    d_params: dict
+    g_opt_state: optax.OptState
+    d_opt_state: optax.OptState
+    step: jax.Array  # int32 iterations done; kimg = step * batch_size / 1000
+    rng: jax.Array  # raw uint32 key data (checkpointable like any other array)
+    pl_mean: jax.Array  # running mean of path lengths (path-length regulariser)
+    skips: jax.Array  # int32 non-finite iterations skipped in a row
+
+    def kimg(self, batch_size: int):
+        return self.step * batch_size / 1000.0
+
+
+def lazy_ratio(interval: int) -> float:
+    """With a regulariser every N steps the optimizer runs N+1 times per N steps; the reference scales
+    lr by N/(N+1) and the betas by beta**(N/(N+1)) to keep the effective dynamics (1 when no regulariser)."""
+    return interval / (interval + 1) if interval > 0 else 1.0
+
+
+def g_reg_interval(train) -> int:
+    return int(train.pl_interval) if train.pl_weight > 0 else 0
+
+
+def d_reg_interval(train) -> int:
+    return int(train.r1_interval) if train.r1_gamma > 0 else 0
+
+
+def adam_hparams(train, which: str) -> dict:
+    """lr, b1, b2 of G's ('g') or D's ('d') Adam after lazy-regularisation scaling."""
+    interval = g_reg_interval(train) if which == "g" else d_reg_interval(train)
+    ratio = lazy_ratio(interval)
+    lr = train.lr_g if which == "g" else train.lr_d
+    return {"lr": lr * ratio, "b1": train.beta1 ** ratio, "b2": train.beta2 ** ratio}
+
+
+def make_optimizers(train) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """optax.adam puts eps outside the square root with bias correction, exactly like torch.optim.Adam."""
+    opts = []
+    for which in ("g", "d"):
+        h = adam_hparams(train, which)
+        opts.append(optax.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=train.eps))
+    return tuple(opts)
+
+
+def init_state_boxed(G, D, g_opt, d_opt, model_cfg, key) -> TrainState:
+    """A fresh state whose params (and Adam moments) keep the models' logical-axis boxes.
+
+    Run it under jax.eval_shape to read the logical axes, and under jit (then unbox) to materialise the
+    state directly in its target shardings.
+    """
+    k_g, k_d, k_noise, k_drop, k_mix, k_state = jax.random.split(key, 6)
+    z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
+    g_vars = G.init({"params": k_g, "noise": k_noise, "dropout": k_drop, "mixing": k_mix}, z)
+    img = jnp.zeros((1, model_cfg.resolution, model_cfg.resolution, model_cfg.num_channels), jnp.float32)
+    d_vars = D.init({"params": k_d, "dropout": k_drop}, img)
+    g_params, g_buffers, d_params = g_vars["params"], g_vars.get("buffers", {}), d_vars["params"]
+    return TrainState(
+        g_params=g_params,
+        g_buffers=g_buffers,
+        g_ema_params=g_params,
+        g_ema_buffers=g_buffers,
+        d_params=d_params,
+        g_opt_state=g_opt.init(g_params),
+        d_opt_state=d_opt.init(d_params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(k_state),
+        pl_mean=jnp.zeros((), jnp.float32),
+        skips=jnp.zeros((), jnp.int32),
+    )
+
+
+def unbox(tree):
+    return nn.meta.unbox(tree)
+
+
+def abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules):
+    """(boxed abstract state, NamedSharding pytree of the unboxed state) without allocating anything."""
+    from ganjax.parallel.rules import tree_shardings
+
+    boxed = jax.eval_shape(lambda k: init_state_boxed(G, D, g_opt, d_opt, model_cfg, k), jax.random.key(0))
+    return boxed, tree_shardings(boxed, mesh, rules)
+
+
+def create_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, seed: int):
+    """A fresh state, initialised by a jitted function whose outputs are born in their target shardings
+    (a large model never exists unsharded on one device). Returns (state, state_shardings)."""
+    _, shardings = abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules)
+    init = jax.jit(lambda k: unbox(init_state_boxed(G, D, g_opt, d_opt, model_cfg, k)), out_shardings=shardings)
+    return init(jax.random.key(seed)), shardings
