@@ -56,8 +56,9 @@ class FolderConfig(tfds.core.BuilderConfig):
 
     @classmethod
     def make(cls, folder: str, resolution: int, aspect_ratio: float = 1.0) -> "FolderConfig":
+        files = list_images(folder)  # checks first: abspath("") would be the working directory
         folder = os.path.abspath(folder)
-        files = list_images(folder)
+        files = [os.path.abspath(f) for f in files]
         slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip(os.sep)).lower()).strip("_") or "root"
         name = f"{slug}_{fingerprint(folder, files)}_r{resolution}_a{aspect_ratio:g}"
         return cls(name=name, folder=folder, resolution=resolution, aspect_ratio=aspect_ratio,
