@@ -216,6 +216,7 @@ _RULES = {
     "train.sample_every_kimg": _number(0),
     "train.sample_grid": _int(1),
     "train.price_per_device_hour": _number(0),
+    "train.noise_mode": _one_of("random", "const", "none"),
     "parallel.strategy": _one_of("dp", "fsdp", "fsdp_tp", "shard_map"),
     "parallel.mesh_data": _mesh_dim,
     "parallel.mesh_fsdp": _mesh_dim,
@@ -327,16 +328,23 @@ def _cross_field_problems(c, num_devices):
     if p.num_processes > 0 and not 0 <= p.process_id < p.num_processes:
         problems.append(f"config.parallel.process_id: {p.process_id} is not in [0, {p.num_processes}) "
                         f"(config.parallel.num_processes={p.num_processes})")
-    if c.data.dataset == "folder" and not c.data.folder:
+    model_size = mesh[2] if mesh is not None else p.mesh_model  # -1 here: not known without the device count
+    if p.strategy == "shard_map" and model_size not in (1, -1):
+        problems.append(f"config.parallel.mesh_model: {model_size} with strategy 'shard_map', which is data "
+                        f"parallel only (mesh_model must be 1)")
+    d = c.data
+    if d.dataset == "folder" and not d.folder:
         problems.append("config.data.folder: must name an image folder when config.data.dataset='folder'")
+    if d.dataset == "shapes" and d.split not in ("train", "test"):
+        problems.append(f"config.data.split: {d.split!r} is not one of ('train', 'test') (the shapes dataset)")
+    if d.dataset == "folder" and d.split != "train":
+        problems.append(f"config.data.split: {d.split!r}: an image folder has one split, 'train'")
     return problems
 
 
 def _model_problems(config):
-    try:
-        from ganjax.models import ModelConfig
-    except ImportError:  # the models package has not landed yet in this checkout
-        return []
+    from ganjax.models import ModelConfig  # imported here: the schema module stays importable without JAX
+
     try:
         ModelConfig.from_config(config.model).validate()
     except ValueError as e:

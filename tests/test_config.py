@@ -115,6 +115,11 @@ def _bad(**fields):
     (dict(parallel__mesh_data=-1, parallel__mesh_fsdp=-1), "at most one of mesh_data/mesh_fsdp/mesh_model"),
     (dict(parallel__num_processes=2, parallel__process_id=2), "config.parallel.process_id: 2 is not in [0, 2)"),
     (dict(data__dataset="folder"), "config.data.folder: must name an image folder"),
+    (dict(data__split="validation"), "config.data.split: 'validation' is not one of ('train', 'test')"),
+    (dict(train__noise_mode="off"), "config.train.noise_mode: 'off' is not one of ('random', 'const', 'none')"),
+    (dict(parallel__strategy="shard_map", parallel__mesh_model=2),
+     "config.parallel.mesh_model: 2 with strategy 'shard_map', which is data parallel only"),
+    (dict(model__heads=3), "config.model.heads: 3 does not divide the 64 channels"),  # ModelConfig.validate()
 ])
 def test_validate_names_the_field(fields, message):
     with pytest.raises(ConfigError) as e:
