@@ -97,6 +97,7 @@ def test_multiprocess_two_processes_train_to_completion(tmp_path):
                  "--config.model.channel_base=256", "--config.model.channel_max=16",
                  "--config.model.attention_end_res=8", "--config.train.total_kimg=0.032",
                  "--config.train.batch_size=8", "--config.data.num_images=64",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}",
                  env={"WORKDIR": str(workdir), "DEVICES": "2"}, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 processes x 2 devices finished" in out.stdout

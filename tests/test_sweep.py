@@ -157,7 +157,8 @@ def test_two_point_sweep_end_to_end(tmp_path):
     cfg.write_text(TINY_SWEEP.format(gansformer=os.path.join(ROOT, "configs", "gansformer.py")))
     workdir = tmp_path / "sweep"
     out = ganjax("sweep", f"--config={cfg}", f"--workdir={workdir}", "--plot_metric=step",
-                 "--plot_param=train.lr_g", "--config.parallel.mesh_data=1", timeout=600)
+                 "--plot_param=train.lr_g", "--config.parallel.mesh_data=1",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     with open(workdir / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
