@@ -5,6 +5,7 @@ always gives the same image, whatever else is sampled with it: z = normal(jax.ra
 and with --noise_mode random the noise maps come from a key derived from the same seed.
 """
 
+import functools
 import os
 import re
 
@@ -39,6 +40,20 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@functools.cache  # one compile per (model, psi, noise mode); G is hashable by its config
+def _batch_sampler(G, latent_shape, psi, noise_mode):
+    import jax
+    import jax.numpy as jnp
+
+    def one(seed_key, variables):
+        z = jax.random.normal(seed_key, (1, *latent_shape), jnp.float32)
+        noise_key = jax.random.fold_in(seed_key, 1)
+        return G.apply(variables, z, truncation_psi=psi, noise_mode=noise_mode, rngs={"noise": noise_key})[0]
+
+    # vmap over single images keeps each image independent of its batch neighbours (random noise included).
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
 def generate(G, variables, config, seeds, *, psi=1.0, noise_mode="const", batch_size=16):
     """float32 images [len(seeds), R, R, C] in ~[-1, 1], each a function of its seed alone."""
     import jax
@@ -48,21 +63,13 @@ def generate(G, variables, config, seeds, *, psi=1.0, noise_mode="const", batch_
     from ganjax.models import ModelConfig
 
     model_cfg = ModelConfig.from_config(config.model)
-    k, z_dim = model_cfg.num_latents, model_cfg.z_dim
-
-    def one(seed_key, variables):
-        z = jax.random.normal(seed_key, (1, k, z_dim), jnp.float32)
-        noise_key = jax.random.fold_in(seed_key, 1)
-        return G.apply(variables, z, truncation_psi=psi, noise_mode=noise_mode, rngs={"noise": noise_key})[0]
-
-    # vmap over single images keeps each image independent of its batch neighbours (random noise included).
-    batch_fn = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    sampler = _batch_sampler(G, (model_cfg.num_latents, model_cfg.z_dim), float(psi), noise_mode)
     seeds = list(seeds)
     padded = seeds + seeds[-1:] * (-len(seeds) % batch_size)  # one compiled batch shape
     out = []
     for i in range(0, len(padded), batch_size):
         keys = jnp.stack([jax.random.key(s) for s in padded[i:i + batch_size]])
-        out.append(np.asarray(batch_fn(keys, variables)))
+        out.append(np.asarray(sampler(keys, variables)))
     return np.concatenate(out)[:len(seeds)]
 
 
