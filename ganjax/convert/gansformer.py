@@ -68,7 +68,7 @@ def _torch_source(obj, path, global_modulation):
         raise ConvertError(f"{path}: a dict without 'G', 'Gs' or 'G_ema' is not a GANsformer checkpoint "
                            f"(keys: {sorted(map(str, obj))[:8]})")
     g_ema = _state_dict(obj[ema_key or "G"], ema_key or "G", path)
-    g = _state_dict(obj["G"], "G", path) if "G" in obj else None
+    g = _state_dict(obj["G"], "G", path) if "G" in obj and ema_key else None  # else G_ema is G
     d = _state_dict(obj["D"], "D", path) if "D" in obj else None
     hints = {"mapping_norm": "joint"}
     module = obj[ema_key or "G"]
@@ -219,6 +219,9 @@ def convert(src_path: str, out_dir: str, *, global_modulation: bool | None = Non
     config, variables = build_variables(source, src_path)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.converting-", dir=parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
         _write_workdir(tmp, config, variables)
         os.rename(tmp, out_dir)
     except BaseException:
