@@ -14,7 +14,7 @@ from ganjax.metrics.extract import FeatureExtractor, default_mesh, extract_featu
 from ganjax.metrics.fid import feature_moments, frechet_distance
 from ganjax.metrics.inception import features as inception_features
 from ganjax.metrics.kid import kernel_inception_distance
-from ganjax.metrics.precision_recall import precision_recall
+from ganjax.metrics.improved_precision_recall import precision_recall
 from ganjax.metrics.reference import dataset_reference_stats, reference_cache_path
 from ganjax.metrics.scores import METRICS, compute_metrics, metrics_from_features
 from ganjax.metrics.stats import FeatureStats

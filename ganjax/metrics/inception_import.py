@@ -12,6 +12,7 @@ torch is imported here and nowhere else in ganjax.metrics.
 
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -134,7 +135,9 @@ def load_torch_convs(src):
     if not os.path.isfile(src):
         raise FileNotFoundError(f"Inception weights file not found: {src}")
     try:
-        module = torch.jit.load(src, map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format these files ship in
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(src, map_location="cpu")
     except RuntimeError:  # not a TorchScript archive: a plain state dict
         module = None
     if module is not None:

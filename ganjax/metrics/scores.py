@@ -1,6 +1,6 @@
 """From generated images (or their features) and a reference FeatureStats to the metric values."""
 
-from ganjax.metrics import extract, fid, kid, precision_recall
+from ganjax.metrics import extract, fid, improved_precision_recall, kid
 
 METRICS = ("fid", "kid", "pr")
 
@@ -25,7 +25,7 @@ def metrics_from_features(reference, features, metrics=("fid",), pr_k=3, kid_sub
         elif name == "kid":
             out["kid"] = kid.kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size)
         else:
-            out["precision"], out["recall"] = precision_recall.precision_recall(reference.features, features, pr_k)
+            out["precision"], out["recall"] = improved_precision_recall.precision_recall(reference.features, features, pr_k)
     return out
 
 
