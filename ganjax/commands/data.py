@@ -3,10 +3,12 @@
   ganjax data prepare --config configs/gansformer.py:shapes32
   ganjax data prepare --dataset folder --folder ~/photos --resolution 256 --aspect_ratio 0.75
   ganjax data show --config configs/gansformer.py:shapes64 --out grid.png --n 64
+  ganjax data bench --config configs/gansformer.py:shapes32 --steps 200
 
 The dataset comes from --config (default: the base config) with any of the shortcut flags below
 overriding its data fields; `--config.data.<field>=...` overrides work too. `show` draws the first n
-images the training loader would give (shuffled, mirrored as configured) as one PNG grid.
+images the training loader would give (shuffled, mirrored as configured) as one PNG grid. `bench` times
+the loader alone (global batches of train.batch_size on all local devices) and prints images/s.
 """
 
 import json
@@ -28,9 +30,10 @@ flags.DEFINE_float("aspect_ratio", None, "overrides data.aspect_ratio (height / 
 flags.DEFINE_string("split", None, "overrides data.split")
 flags.DEFINE_string("out", "", "show: the PNG grid to write")
 flags.DEFINE_integer("n", 64, "show: number of images")
+flags.DEFINE_integer("steps", 200, "bench: batches to time (after 5 warm-up batches)")
 FLAGS = flags.FLAGS
 
-ACTIONS = ("prepare", "show")
+ACTIONS = ("prepare", "show", "bench")
 
 
 def resolve_config():
@@ -78,6 +81,30 @@ def show(config, out: str, n: int):
     return images
 
 
+def bench(config, steps: int) -> dict:
+    """Loader throughput: global batches per second on all local devices, after a warm-up."""
+    import jax
+
+    from ganjax import data
+
+    data.prepare(config)
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    loader = data.make_loader(config, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    try:
+        for _ in range(5):
+            next(loader).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch = next(loader)
+        batch.block_until_ready()
+        seconds = time.perf_counter() - start
+    finally:
+        loader.close()
+    return {"dataset": loader.dataset, "resolution": config.model.resolution, "batch": config.train.batch_size,
+            "steps": steps, "images_per_s": round(steps * config.train.batch_size / seconds, 1),
+            "ms_per_batch": round(1000 * seconds / steps, 2)}
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in ACTIONS:
         raise SystemExit(f"usage: ganjax data {{{'|'.join(ACTIONS)}}} [--config FILE:PRESET] [flags] "
@@ -91,6 +118,8 @@ def main(argv):
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
         print(json.dumps({"dataset": f"{builder.name}/{builder.builder_config.name}", "dir": str(builder.data_dir),
                           "splits": splits, "seconds": round(time.time() - start, 2)}))
+    elif argv[1] == "bench":
+        print(json.dumps(bench(config, FLAGS.steps)))
     else:
         if not FLAGS.out:
             raise SystemExit("ganjax data show needs --out grid.png")

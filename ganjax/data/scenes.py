@@ -26,7 +26,7 @@ SPLIT_IDS = {"train": 0, "test": 1}
 _LIGHT = np.array([-0.55, -0.65, 0.52], np.float32) / np.linalg.norm([-0.55, -0.65, 0.52])
 _HALF = (_LIGHT + np.array([0, 0, 1], np.float32)) / np.linalg.norm(_LIGHT + np.array([0, 0, 1], np.float32))
 _SHADOW_OFFSET = np.array([0.45, 0.55], np.float32)  # shadow shift along the light, in object radii
-_ELEMENTS_PER_CHUNK = 1 << 20  # N * K * R * R floats per rendering chunk (4 MB temporaries stay in cache)
+_ELEMENTS_PER_CHUNK = 1 << 20  # N * K * R * R floats per rendering chunk (temporaries of a few MB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,85 +82,95 @@ def _pad(scenes, key, k, fill, dtype):
     return out
 
 
-def _sdf(shape, u, v, r):
-    """Signed distance (negative inside) of each shape in its own rotated frame; r is the object radius."""
-    d = np.sqrt(u * u + v * v)
-    circle = d - r
-    ring = np.abs(d - 0.72 * r) - 0.28 * r
-    # square with rounded corners, half side 0.8 r
-    h = 0.8 * r
-    round_r = 0.18 * h
-    qx, qy = np.abs(u) - (h - round_r), np.abs(v) - (h - round_r)
-    square = (np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
-              + np.minimum(np.maximum(qx, qy), 0) - round_r)
-    # equilateral triangle with circumradius 1.15 r (point up), exact SDF after folding
-    k = np.float32(np.sqrt(3.0))
-    a = 1.15 * r * k / 2  # half side
-    px, py = np.abs(u) - a, -v + a / k
-    fold = px + k * py > 0
-    px, py = np.where(fold, (px - k * py) / 2, px), np.where(fold, (-k * px - py) / 2, py)
-    px = px - np.clip(px, -2 * a, 0)
-    triangle = -np.sqrt(px * px + py * py) * np.sign(py)
-    return np.select([shape == 0, shape == 1, shape == 2], [circle, square, triangle], ring)
+def _sdf(shape: int, u, v, r):
+    """Signed distance (negative inside) of one shape kind in the objects' rotated frames; r: object radius."""
+    if shape == 0:  # circle
+        return np.sqrt(u * u + v * v) - r
+    if shape == 1:  # square with rounded corners, half side 0.8 r
+        h = 0.8 * r
+        round_r = 0.18 * h
+        qx, qy = np.abs(u) - (h - round_r), np.abs(v) - (h - round_r)
+        return (np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
+                + np.minimum(np.maximum(qx, qy), 0) - round_r)
+    if shape == 2:  # equilateral triangle with circumradius 1.15 r (point up), exact SDF after folding
+        k = np.float32(np.sqrt(3.0))
+        a = 1.15 * r * k / 2  # half side
+        px, py = np.abs(u) - a, -v + a / k
+        fold = px + k * py > 0
+        px, py = np.where(fold, (px - k * py) / 2, px), np.where(fold, (-k * px - py) / 2, py)
+        px = px - np.clip(px, -2 * a, 0)
+        return -np.sqrt(px * px + py * py) * np.sign(py)
+    return np.abs(np.sqrt(u * u + v * v) - 0.72 * r) - 0.28 * r  # ring
 
 
-def _bevel_width(shape, r):
-    # spheres and tubes are round all the way in; squares and triangles are flat-topped with a bevel
-    return np.select([shape == 0, shape == 3], [r, 0.28 * r], 0.3 * r)
+# Width of the rounded rim, in radii: spheres and tubes are round all the way in; squares and triangles
+# are flat-topped with a bevel.
+_BEVEL = np.array([1.0, 0.3, 0.3, 0.28], np.float32)
 
 
 def _render_chunk(scenes, resolution: int, k: int) -> np.ndarray:
     n, res = len(scenes), resolution
     px = 1.0 / res
     c = (np.arange(res, dtype=np.float32) + 0.5) * px
-    gx, gy = c[None, None, None, :], c[None, None, :, None]  # [1,1,1,R], [1,1,R,1]
+    gx, gy = c[None, None, :], c[None, :, None]  # [1,1,R], [1,R,1]
 
-    def slot(key, fill, dtype=np.float32):
-        return _pad(scenes, key, k, fill, dtype)[:, :, None, None]
+    # All objects of the chunk as one flat list [M]; `slot` is the depth rank (k-1 = nearest).
+    counts = [len(s["x"]) for s in scenes]
+    img_id = np.repeat(np.arange(n), counts)
+    slot = np.concatenate([np.arange(k - m, k) for m in counts])
 
-    active = slot("r", 0.0) > 0
-    x, y, r = slot("x", 0.5), slot("y", 0.5), np.maximum(slot("r", 0.0), 1e-3)
-    shape, angle = slot("shape", 0, np.int32), slot("angle", 0.0)
-    color = _pad(scenes, "color", k, 0, np.int32)
-    tint = _pad(scenes, "tint", k, 1.0, np.float32)
-    metal = slot("material", 0, np.int32) == 1
+    def cat(key, dtype=np.float32):
+        return np.concatenate([s[key] for s in scenes]).astype(dtype)
 
+    x, y, r, angle = (cat(key)[:, None, None] for key in ("x", "y", "r", "angle"))
+    shape, metal = cat("shape", np.int32), cat("material", np.int32)[:, None, None] == 1
     ca, sa = np.cos(angle), np.sin(angle)
-    dx, dy = gx - x, gy - y
-    sdf = _sdf(shape, ca * dx + sa * dy, -sa * dx + ca * dy, r)
-    cover = np.where(active, np.clip(0.5 - sdf / px, 0.0, 1.0), 0.0)
+    full = (len(x), res, res)
+    dx, dy = np.broadcast_to(gx - x, full).copy(), np.broadcast_to(gy - y, full).copy()
+    sx, sy = dx - _SHADOW_OFFSET[0] * r, dy - _SHADOW_OFFSET[1] * r  # the shadow: shifted along the light
+    sdf = np.empty(dx.shape, np.float32)
+    shadow_sdf = np.empty(dx.shape, np.float32)
+    for kind in range(len(SHAPES)):  # each object's own shape only
+        sel = shape == kind
+        if sel.any():
+            cs, ss, rs = ca[sel], sa[sel], r[sel]
+            sdf[sel] = _sdf(kind, cs * dx[sel] + ss * dy[sel], -ss * dx[sel] + cs * dy[sel], rs)
+            shadow_sdf[sel] = _sdf(kind, cs * sx[sel] + ss * sy[sel], -ss * sx[sel] + cs * sy[sel], rs)
+    cover = np.clip(0.5 - sdf / px, 0.0, 1.0)  # antialiased: the edge ramps over one pixel
 
     # Normal: radial direction tilted by the bevel profile (outward on the outer half of a ring).
     dist = np.sqrt(dx * dx + dy * dy) + 1e-6
-    sign = np.where(shape == 3, np.sign(dist - 0.72 * r), 1.0)
-    rho = 1.0 - np.clip(-sdf / _bevel_width(shape, r), 0.0, 1.0)
+    sign = np.where((shape == 3)[:, None, None], np.sign(dist - 0.72 * r), 1.0)
+    rho = 1.0 - np.clip(-sdf / (_BEVEL[shape][:, None, None] * r), 0.0, 1.0)
     nz = np.sqrt(np.maximum(1.0 - rho * rho, 0.0))
     nx, ny = rho * sign * dx / dist, rho * sign * dy / dist
     diffuse = np.clip(nx * _LIGHT[0] + ny * _LIGHT[1] + nz * _LIGHT[2], 0.0, 1.0)
     spec = np.clip(nx * _HALF[0] + ny * _HALF[1] + nz * _HALF[2], 0.0, 1.0)
     spec = np.where(metal, 0.85 * spec**40, 0.12 * spec**8)
     shade = np.where(metal, 0.25 + 0.95 * diffuse, 0.42 + 0.72 * diffuse)
+    lit = (PALETTE[cat("color", np.int32)] * cat("tint")[:, None])[:, None, None, :] * shade[..., None]
+    lit += spec[..., None]  # [M,R,R,3]
 
-    # Soft shadows on the floor: the same shape shifted along the light, with a penumbra of ~0.35 r.
-    sx, sy = dx - _SHADOW_OFFSET[0] * r, dy - _SHADOW_OFFSET[1] * r
-    shadow_sdf = _sdf(shape, ca * sx + sa * sy, -sa * sx + ca * sy, r)
+    # Soft shadows (penumbra ~0.35 r) darken the floor only.
     soft = np.maximum(0.35 * r, 1.5 * px)
-    shadow = np.where(active, 0.5 * np.clip(0.5 - shadow_sdf / soft, 0.0, 1.0), 0.0)
-    floor_light = np.prod(1.0 - shadow, axis=1)  # [N,R,R]
+    shadow = 0.5 * np.clip(0.5 - shadow_sdf / soft, 0.0, 1.0)
+    floor_light = np.ones((n, res, res), np.float32)
+    for j in range(k):  # at most one object per image in each depth slot
+        sel = slot == j
+        floor_light[img_id[sel]] *= 1.0 - shadow[sel]
 
     # Floor: lighter far away (top), a faint vignette and a smooth value-noise texture.
     base = np.array([s["floor"] for s in scenes], np.float32)[:, None, None]
-    vignette = 1.0 - 0.25 * ((gx[0, 0] - 0.5) ** 2 + (gy[0, 0] - 0.45) ** 2)
+    vignette = 1.0 - 0.25 * ((gx[0] - 0.5) ** 2 + (gy[0] - 0.45) ** 2)
     texture = _upsample(np.stack([s["texture"] for s in scenes]), res)
-    floor = base * (1.08 - 0.22 * gy[0, 0]) * vignette + 0.018 * texture
+    floor = base * (1.08 - 0.22 * gy[0]) * vignette + 0.018 * texture
     tint_floor = np.stack([s["floor_tint"] for s in scenes])[:, None, None, :]
     img = (floor * floor_light)[..., None] + tint_floor  # [N,R,R,3]
 
-    albedo = PALETTE[color] * tint[..., None]  # [N,K,3]
     for j in range(k):  # painter's algorithm, back to front
-        lit = albedo[:, j, None, None, :] * shade[:, j, ..., None] + spec[:, j, ..., None]
-        a = cover[:, j, ..., None]
-        img = img * (1.0 - a) + lit * a
+        sel = slot == j
+        ids, a = img_id[sel], cover[sel][..., None]
+        img[ids] = img[ids] * (1.0 - a) + lit[sel] * a
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
