@@ -149,9 +149,25 @@ def test_bad_input_errors_name_the_field(data_dir, tmp_path):
     c.data.split = "validation"
     with pytest.raises(ValueError, match="data.split"):
         data.make_loader(c, sharding())
+    for field, value in (("prefetch", -1), ("worker_count", -2), ("aspect_ratio", 0.0)):
+        c = make_config(data_dir)
+        c.data[field] = value
+        with pytest.raises(ValueError, match=f"data.{field}"):
+            data.make_loader(c, sharding())
     run = data.make_loader(make_config(data_dir), sharding(), process_index=0, process_count=1)
     other = data.make_loader(make_config(data_dir, seed=3), sharding(), process_index=0, process_count=1)
     with pytest.raises(ValueError, match="shuffle_seed.*data.shuffle_seed"):
         other.set_state(run.get_state())
     with pytest.raises(RuntimeError, match="simulated"):
         next(data.make_loader(make_config(data_dir), sharding(), process_index=1, process_count=2))
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 4])
+def test_prefetch_depth_does_not_change_the_batches(data_dir, prefetch):
+    c = make_config(data_dir, mirror=True)
+    base = data.make_loader(c, sharding(), process_index=0, process_count=1)
+    c.data.prefetch = prefetch
+    loader = data.make_loader(c, sharding(), process_index=0, process_count=1)
+    for _ in range(14):
+        np.testing.assert_array_equal(loader.next_local(), base.next_local())
+    assert 0.0 < loader.wait_seconds  # time blocked in next(), for the data-wait share of a step

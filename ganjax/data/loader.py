@@ -8,13 +8,14 @@ processes together read every element of an epoch exactly once, and the batches 
 processes there are. The iterator state is the number of batches consumed, so a run resumes with exactly
 the next batch, even on another process count.
 
-Speed. Grain threads (and optionally worker processes) decode and assemble whole local batches ahead of
-the train step; `next()` only copies uint8 rows to the devices (4x less than float32) and converts them
-there with a jitted, sharded op.
+Speed. Grain threads (data.prefetch of them, plus data.worker_count processes if set) decode and assemble
+whole local batches ahead of the train step; `next()` only copies uint8 rows to the devices (4x less than
+float32) and converts them there with a jitted, sharded op. `wait_seconds` accumulates the time next()
+spent blocked, so a train loop can report the share of step time spent waiting for data.
 """
 
 import math
-import os
+import time
 
 import grain
 import jax
@@ -109,9 +110,9 @@ class Loader:
         # Chunks of `local_batch` consecutive stream elements; chunk c is row block c % num_shards of
         # global batch c // num_shards, so this process takes every num_shards-th chunk.
         ds = ds.batch(self.local_batch, drop_remainder=True)[self.shard_index::self.num_shards]
-        threads = max(1, min(16, os.cpu_count() or 1))
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                     prefetch_buffer_size=max(threads, config.data.prefetch)))
+        # data.prefetch local batches are read ahead, each by its own thread (0: read in the calling thread).
+        ahead = int(config.data.prefetch)
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
         if self._worker_count:
             from absl import flags
 
@@ -121,6 +122,7 @@ class Loader:
         self._iter_ds = it_ds
         self._it = iter(it_ds)
         self._step = 0
+        self.wait_seconds = 0.0
         self._to_float = jax.jit(lambda x: jnp.minimum(x.astype(jnp.float32) / 127.5 - 1.0, 1.0),  # XLA rounds 255/127.5 up
                                  out_shardings=batch_sharding)
 
@@ -128,7 +130,9 @@ class Loader:
         return self
 
     def next_local(self) -> np.ndarray:
+        start = time.perf_counter()
         rows = next(self._it)
+        self.wait_seconds += time.perf_counter() - start
         self._step += 1
         return rows
 
