@@ -66,7 +66,7 @@ WORKER = textwrap.dedent("""
                  for i in range(s.data.shape[0])]
         total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))(batch)  # a real global array
     print("RESULT", json.dumps({"rows": rows, "state": loader.get_state(), "shard": loader.shard_index,
-                                "total": float(total)}), flush=True)
+                                "total": float(total), "tensorflow": "tensorflow" in sys.modules}), flush=True)
 """)
 
 
@@ -95,6 +95,7 @@ def test_two_real_processes_read_disjoint_halves(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     results = [json.loads(o.split("RESULT", 1)[1]) for o, _ in outs]
     assert [r["shard"] for r in results] == [0, 1]
+    assert not any(r["tensorflow"] for r in results)  # TFDS prepared and read array_record without TF
     assert results[0]["state"] == results[1]["state"] and results[0]["state"]["step"] == 6
     assert results[0]["total"] == results[1]["total"]
     # each host's device shards hold 2 rows; over one epoch the hosts see disjoint halves of all 48 images

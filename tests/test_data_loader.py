@@ -65,6 +65,14 @@ def test_two_process_shards_are_disjoint_and_tile_each_epoch(data_dir):
     assert hosts[0].get_state()["step"] == 2 * steps_per_epoch
 
 
+def test_test_split(data_dir):
+    c = make_config(data_dir)
+    c.data.split = "test"
+    loader = data.make_loader(c, sharding(), process_index=0, process_count=1)
+    assert loader.num_examples == N // 10 and loader.dataset.endswith(":test")
+    assert loader.next_local().shape == (16, 16, 16, 3)
+
+
 def test_shuffle_seed_changes_the_order(data_dir):
     a = data.make_loader(make_config(data_dir, seed=0), sharding(), process_index=0, process_count=1)
     b = data.make_loader(make_config(data_dir, seed=1), sharding(), process_index=0, process_count=1)
