@@ -1,4 +1,4 @@
-"""`ganjax data prepare|show`: make a dataset once, and look at it before a long run.
+"""`ganjax data prepare|show|bench`: make a dataset once, look at it, and time its loader.
 
   ganjax data prepare --config configs/gansformer.py:shapes32
   ganjax data prepare --dataset folder --folder ~/photos --resolution 256 --aspect_ratio 0.75

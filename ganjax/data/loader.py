@@ -119,11 +119,11 @@ class Loader:
             if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside `ganjax` take defaults
                 flags.FLAGS.mark_as_parsed()
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
-        self._iter_ds = it_ds
         self._it = iter(it_ds)
         self._step = 0
         self.wait_seconds = 0.0
-        self._to_float = jax.jit(lambda x: jnp.minimum(x.astype(jnp.float32) / 127.5 - 1.0, 1.0),  # XLA rounds 255/127.5 up
+        # uint8 -> [-1, 1] on the devices; the min() undoes XLA's reciprocal rounding 255/127.5 up to 1+1e-7.
+        self._to_float = jax.jit(lambda x: jnp.minimum(x.astype(jnp.float32) / 127.5 - 1.0, 1.0),
                                  out_shardings=batch_sharding)
 
     def __iter__(self):
