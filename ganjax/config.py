@@ -113,6 +113,19 @@ def base_config() -> ml_collections.ConfigDict:
     e.metrics = "fid"  # comma list of fid, kid, pr
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
     e.batch_size = 64
+
+    b = c.bench = ml_collections.ConfigDict()  # `ganjax bench` (ganjax/bench/)
+    b.steps = 10  # timed executions of each compiled program
+    b.warmup = 2  # untimed executions after compiling
+    b.sweep_meshes = "dp=1;dp=2;dp=4;dp=8;fsdp=8;dp=2,fsdp=4"  # ';'-separated meshes of --sweep
+    b.sweep_sizes = "s,m"  # model sizes of --sweep (configs' size ladder, relative to the preset)
+    b.sweep_batches = "2"  # per-device batch sizes of --sweep (weak scaling)
+    b.scaling_devices = "8,16,32,64,128,256,512,1024,2048,4096"  # device counts of --scaling
+    b.scaling_strategies = "dp,fsdp"
+    b.batch_per_device = 4  # --scaling: per-device batch (the reference: 32 on 8 GPUs)
+    b.assume_mfu = 0.4  # --scaling: per-device compute = FLOPs / (peak x this) unless measured_step_s is set
+    b.measured_step_s = 0.0  # --scaling: a measured amortised iteration time on the target device (0 = none)
+    b.comm = "hlo"  # --scaling: hlo (compile on 8 virtual devices, read the collectives) | analytic
     return c
 
 
@@ -231,6 +244,12 @@ _RULES = {
     "eval.num_images": _int(2),
     "eval.metrics": _comma_subset("fid", "kid", "pr"),
     "eval.batch_size": _int(1),
+    "bench.steps": _int(1),
+    "bench.warmup": _int(0),
+    "bench.batch_per_device": _int(1),
+    "bench.assume_mfu": _number(0, 1, lo_open=True),
+    "bench.measured_step_s": _number(0),
+    "bench.comm": _one_of("hlo", "analytic"),
 }
 
 
