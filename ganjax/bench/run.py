@@ -39,8 +39,9 @@ class Setup:
     reals: object
 
 
-def build(config) -> Setup:
-    """Models, mesh, a fresh sharded state and the loop's train step for `config`."""
+def build(config, num_devices: int | None = None) -> Setup:
+    """Models, mesh (over the first num_devices devices, default all), a fresh sharded state and the
+    loop's train step for `config`."""
     from ganjax import parallel
     from ganjax.models import ModelConfig, build_models
     from ganjax.train import state as state_lib
@@ -48,7 +49,7 @@ def build(config) -> Setup:
 
     model_cfg = ModelConfig.from_config(config.model)
     model_cfg.validate()
-    mesh = parallel.make_mesh(config)
+    mesh = parallel.make_mesh(config, jax.devices()[:num_devices] if num_devices else None)
     G, D = build_models(model_cfg)
     g_opt, d_opt = state_lib.make_optimizers(config.train)
     rules = parallel.logical_rules(config)
@@ -174,9 +175,13 @@ def _variant_name(v) -> str:
     return "plain" if v == (False, False) else "+".join(n for n, on in zip(("r1", "pl"), v) if on)
 
 
-def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, device_key=None) -> dict:
-    """Compile, time and account one config; returns a JSON-serialisable record."""
-    s = build(config)
+def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, device_key=None,
+          num_devices: int | None = None) -> dict:
+    """Compile, time and account one config; returns a JSON-serialisable record.
+
+    device_key: the peaks-table entry for MFU (None: detected from the devices; CPUs use a matmul probe).
+    """
+    s = build(config, num_devices)
     n_dev = s.mesh.size
     platform = s.mesh.devices.flat[0].platform
     if device_key is None and platform != "cpu":
@@ -282,3 +287,29 @@ def phase_table(record: dict) -> str:
                      f"{v['comm_bytes_per_device'] / 2**20:.2f} |")
     return "\n".join(lines)
 
+
+
+def compile_variants(config, num_devices: int | None = None) -> dict:
+    """Compile (without running or allocating the state) each iteration variant the loop would run;
+    returns {variant: (weight, compiled)}. For reading communication and memory of configs too large to
+    execute here."""
+    from ganjax import parallel
+    from ganjax.models import ModelConfig, build_models
+    from ganjax.train import state as state_lib
+    from ganjax.train.step import make_train_step
+
+    model_cfg = ModelConfig.from_config(config.model)
+    mesh = parallel.make_mesh(config, jax.devices()[:num_devices] if num_devices else None)
+    G, D = build_models(model_cfg)
+    g_opt, d_opt = state_lib.make_optimizers(config.train)
+    boxed, shardings = state_lib.abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, parallel.logical_rules(config))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            state_lib.unbox(boxed), shardings)
+    r = model_cfg.resolution
+    reals = jax.ShapeDtypeStruct((config.train.batch_size, r, r, model_cfg.num_channels), jnp.float32,
+                                 sharding=parallel.batch_sharding(mesh))
+    step = make_train_step(config, mesh, G, D, g_opt, d_opt, shardings)
+    out = {}
+    for v, w in sorted(variant_weights(step.cfg).items()):
+        out[_variant_name(v)] = (w, step.variant(*v).lower(abstract, reals).compile())
+    return out

@@ -1,0 +1,109 @@
+"""`ganjax bench` end to end on a tiny config, the bench presets against the reference parameter counts,
+and the scaling report."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ganjax.bench import flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.resolution=16", "--config.model.channel_base=64", "--config.model.channel_max=16",
+        "--config.train.batch_size=4"]
+
+
+def _load(path, arg):
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _bench(tmp_path, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "ganjax", "bench", "--config", "configs/bench.py:cpu_small", *TINY,
+           "--out", str(tmp_path), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")], proc.stdout
+
+
+def test_bench_command_runs_on_a_tiny_config(tmp_path):
+    recs, out = _bench(tmp_path, "--config.train.r1_gamma=0", "--mesh", "dp=2", "--steps", "2", "--warmup", "0",
+                       "--nophases", "--json")
+    (rec,) = recs
+    assert rec["devices"] == 2 and rec["mesh"] == {"data": 2, "fsdp": 1, "model": 1} and rec["batch"] == 4
+    assert list(rec["variants"]) == ["plain"] and rec["variants"]["plain"]["n"] == 2
+    assert rec["img_per_s"] == pytest.approx(4 / rec["iteration"]["median_s"])
+    assert rec["sec_per_kimg"] == pytest.approx(1000 * rec["iteration"]["median_s"] / 4)
+    # analytic and XLA FLOPs describe the same work (XLA adds the elementwise ops the walk leaves out)
+    assert 0.8 < rec["flops"]["xla_over_analytic"] < 2.5
+    # dp=2: every gradient is all-reduced, so at least 2 x (1/2) x 4 bytes per G and D parameter is sent
+    grads = 4 * (rec["params"]["g"] + rec["params"]["d"])
+    assert rec["comm_bytes_per_device_per_iteration"] >= grads
+    assert rec["memory_peak_bytes_per_device"] > rec["params_and_opt_bytes"] > 0
+    assert 0 < rec["mfu"] < 1
+    assert "| bench-cpu_small | 2 |" in out
+    assert (tmp_path / "bench.md").exists() and (tmp_path / "bench.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_bench_command_times_every_phase_and_the_r1_variant(tmp_path):
+    (rec,), _ = _bench(tmp_path, "--steps", "1", "--warmup", "0", "--json")
+    assert set(rec["variants"]) == {"plain", "r1"}
+    assert rec["variants"]["r1"]["weight"] == pytest.approx(1 / 16)
+    assert set(rec["phases"]) == {"g_main", "d_main", "d_r1"}
+
+
+@pytest.mark.slow
+def test_bench_sweep_writes_csv_and_plot(tmp_path):
+    _bench(tmp_path, "--config.train.r1_gamma=0", "--sweep", "--steps", "1", "--warmup", "0",
+           "--config.bench.sweep_meshes=dp=1;fsdp=2", "--config.bench.sweep_sizes=m",
+           "--config.bench.sweep_batches=2")
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert len(lines) == 3 and (tmp_path / "sweep.png").exists()
+
+
+REFERENCE = {"cpu_small": (1_564_970, 1_346_305), "cpu_medium": (7_602_860, 6_625_281),
+             "ffhq64": (30_379_340, 26_488_833), "sg2_small": (4_336_019, 1_346_305)}
+
+
+@pytest.mark.parametrize("preset", sorted(REFERENCE))
+def test_bench_presets_have_the_reference_parameter_counts(preset):
+    from ganjax.models import ModelConfig, build_models
+
+    c = _load("configs/bench.py", preset)
+    m = ModelConfig.from_config(c.model)
+    G, D = build_models(m)
+    z = jnp.zeros((1, m.num_latents, m.z_dim))
+    img = jnp.zeros((1, m.resolution, m.resolution, 3))
+    key = jax.random.key(0)
+    gv = jax.eval_shape(lambda: G.init({"params": key, "noise": key, "dropout": key, "mixing": key}, z))
+    dv = jax.eval_shape(lambda: D.init({"params": key, "dropout": key}, img))
+    count = lambda t: sum(x.size for x in jax.tree.leaves(t))
+    assert (count(gv["params"]), count(dv["params"])) == REFERENCE[preset]
+    mf = flops.model_flops(c.model)
+    assert (mf.g_params, mf.d_params) == REFERENCE[preset]
+    assert c.train.r1_interval == 16 and c.train.pl_weight == 0 and c.train.style_mixing_prob == 0.9
+    assert c.train.batch_size == (4 if preset == "ffhq64" else 8)
+
+
+def test_scaling_report_for_ffhq256_on_h100():
+    from ganjax.bench import scaling_report
+
+    c = _load("configs/gansformer.py", "ffhq256")
+    c.bench.comm = "analytic"
+    c.bench.scaling_devices = "8,1024"
+    text = scaling_report.report(c, "h100")
+    assert "## dp" in text and "## fsdp" in text and "| 1024 |" in text
+    assert "NVIDIA H100 datasheet" in text and "assumed MFU 0.4" in text
+    # efficiency is below 100% without overlap and falls with the device count
+    rows = [line for line in text.splitlines() if line.startswith("| 8 |") or line.startswith("| 1024 |")]
+    eff = [float(r.split("|")[7].strip().rstrip("%")) for r in rows]
+    assert eff[0] > eff[1] and eff[2] > eff[3] and max(eff) < 100
