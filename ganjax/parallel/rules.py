@@ -1,10 +1,10 @@
 """Logical-axis rules: how the models' logical parameter axes map onto the mesh, per strategy.
 
-The rules live in config.parallel.rules.<strategy> as ((logical_name, mesh_axis_or_None), ...). For each
-dimension of a parameter the first rule for its logical name whose mesh axis is still unused in that
-parameter and divides the dimension wins; otherwise the dimension is replicated. So a rule list may name a
-logical axis twice as a fallback, and tiny or odd-sized tensors (biases, 3-channel RGB layers) simply stay
-replicated instead of failing to compile.
+The rules live in config.parallel.rules.<strategy> as ((logical_name, mesh_axis_or_None), ...) and are
+applied in order, per parameter: a rule shards the parameter's first still-unsharded dimension with its
+logical name if the mesh axis is not yet used by that parameter and divides the dimension. Dimensions no
+rule takes are replicated. So earlier rules have priority, a logical axis may be listed twice (a fallback
+axis), and tiny or odd-sized tensors (biases, 3-channel RGB layers) stay replicated instead of failing.
 """
 
 import flax.linen as nn
@@ -41,23 +41,22 @@ def default_rules(strategy: str) -> tuple:
 
 def spec_for(shape, names, mesh, rules) -> PartitionSpec:
     """PartitionSpec of one array with logical axis `names` under `rules` (see the module docstring)."""
+    spec: list = [None] * len(shape)
     used: set[str] = set()
-    spec = []
-    for dim, name in zip(shape, names):
-        chosen = None
-        for logical, mesh_axes in rules:
-            if logical != name or mesh_axes is None:
-                continue
-            axes = tuple(mesh_axes) if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
-            size = 1
-            for a in axes:
-                size *= mesh.shape[a]
-            if used.intersection(axes) or dim % size:
-                continue
-            chosen = axes if len(axes) > 1 else axes[0]
-            used.update(axes)
-            break
-        spec.append(chosen)
+    for logical, mesh_axes in rules:
+        if mesh_axes is None:
+            continue
+        axes = tuple(mesh_axes) if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
+        size = 1
+        for a in axes:
+            size *= mesh.shape[a]
+        if used.intersection(axes):
+            continue
+        for i, (dim, name) in enumerate(zip(shape, names)):
+            if name == logical and spec[i] is None and dim % size == 0 and dim >= size:
+                spec[i] = axes if len(axes) > 1 else axes[0]
+                used.update(axes)
+                break
     while spec and spec[-1] is None:
         spec.pop()
     return PartitionSpec(*spec)

@@ -1,4 +1,4 @@
-"""Adversarial losses, the R1 and path-length regularisers, style mixing and the EMA schedule.
+"""Adversarial losses, the R1 and path-length regularisers and the EMA schedule.
 
 Conventions follow the StyleGAN2(-ADA) / GANsformer PyTorch training code: per-sample losses averaged over
 the batch; regularisers multiplied by their lazy interval; the EMA half-life counted in images.
@@ -32,7 +32,7 @@ def d_adv_loss(kind: str, real_logits, fake_logits):
 def r1_penalty(d_logits_fn, reals):
     """Per-sample |grad_x D(x)|^2 at the real images (the R1 penalty before the gamma/2 factor)."""
     grads = jax.grad(lambda x: jnp.sum(d_logits_fn(x)))(reals)
-    return jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=tuple(range(1, grads.ndim)))
+    return jnp.sum(jnp.square(grads.astype(jnp.promote_types(grads.dtype, jnp.float32))), axis=tuple(range(1, grads.ndim)))
 
 
 def path_lengths(synthesis_fn, ws, key):
@@ -41,21 +41,8 @@ def path_lengths(synthesis_fn, ws, key):
     img, vjp = jax.vjp(synthesis_fn, ws)
     noise = jax.random.normal(key, img.shape, jnp.float32) / jnp.sqrt(img.shape[1] * img.shape[2])
     (grads,) = vjp(noise.astype(img.dtype))
-    sq = jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=-1)
+    sq = jnp.sum(jnp.square(grads.astype(jnp.promote_types(grads.dtype, jnp.float32))), axis=-1)
     return jnp.sqrt(jnp.mean(sq, axis=tuple(range(1, sq.ndim))))
-
-
-def style_mix(ws, ws_other, key, prob: float):
-    """With probability `prob` (one draw per batch, as in the reference) the w's from a random layer
-    cutoff in [1, num_ws) on come from `ws_other`. ws: [B, k, num_ws, w_dim]."""
-    num_ws = ws.shape[2]
-    if prob <= 0 or num_ws < 2:
-        return ws
-    k_cut, k_p = jax.random.split(key)
-    cutoff = jax.random.randint(k_cut, (), 1, num_ws)
-    cutoff = jnp.where(jax.random.uniform(k_p, ()) < prob, cutoff, num_ws)
-    mask = (jnp.arange(num_ws) < cutoff)[None, None, :, None]
-    return jnp.where(mask, ws, ws_other)
 
 
 def ema_beta(step, batch_size: int, ema_kimg: float, ema_rampup: float):

@@ -143,20 +143,17 @@ class Iteration:
         return grads, {"buffers": buffers, "G/loss": loss, "D/scores_fake_g": jnp.mean(logits)}
 
     def _g_pl(self, key, z, g_params, g_buffers, pl_mean):
-        k_map, k_mix_z, k_mix, k_syn, k_pl = jax.random.split(self._device_key(key), 5)
+        k_map, k_syn, k_pl = jax.random.split(self._device_key(key), 3)
         z = z[: z.shape[0] // self.cfg.pl_batch_shrink]
-        kw = dict(train=True)
 
         def loss_fn(gp):
             v = {"params": gp, "buffers": g_buffers}
-            ws = self.G.apply(v, z, method="mapping", rngs=self._g_rngs(k_map), **kw)
-            if self.cfg.style_mixing_prob > 0:
-                z2 = jax.random.normal(k_mix_z, z.shape, z.dtype)
-                ws2 = self.G.apply(v, z2, method="mapping", rngs=self._g_rngs(k_map), **kw)
-                ws = losses.style_mix(ws, ws2, k_mix, self.cfg.style_mixing_prob)
-            synth = lambda w: self.G.apply(v, w, method="synthesis", noise_mode=self.cfg.noise_mode,
-                                           rngs=self._g_rngs(k_syn), **kw)
+            ws = self.G.apply(v, z, train=True, style_mixing_prob=self.cfg.style_mixing_prob, method="mapping",
+                              rngs=self._g_rngs(k_map))
+            synth = lambda w: self.G.apply(v, w, noise_mode=self.cfg.noise_mode, train=True, method="synthesis",
+                                           rngs=self._g_rngs(k_syn))
             lengths = losses.path_lengths(synth, ws, k_pl)
+            # The running mean uses the global batch mean (pmean'd in the per-device program).
             new_mean = jax.lax.stop_gradient(
                 pl_mean + (self._mean(jnp.mean(lengths)) - pl_mean) * self.cfg.pl_decay)
             penalty = jnp.square(lengths - new_mean)

@@ -1,0 +1,26 @@
+"""`ganjax train --config configs/<file>.py:<preset> --workdir DIR [--fresh]`.
+
+Every config field can be overridden on the command line, e.g. `--config.train.batch_size=64`.
+A run resumes from DIR/checkpoints unless --fresh.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "config file with an optional :preset", lock_config=True)
+flags.DEFINE_string("workdir", None, "run directory (config.json, metrics, samples, checkpoints)", required=True)
+flags.DEFINE_bool("fresh", False, "start from scratch: delete DIR's checkpoints, metrics and samples first")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"ganjax train: unexpected arguments {argv[1:]}")
+    if FLAGS.config is None:
+        raise SystemExit("ganjax train needs --config configs/<file>.py[:preset]")
+    from ganjax.train.loop import TrainingStopped, train
+
+    try:
+        train(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
+    except TrainingStopped as e:
+        raise SystemExit(f"ganjax train: {e}") from None
