@@ -72,7 +72,8 @@ REMOTE_SETUP+=' && python3 -m venv .venv && .venv/bin/pip install -q --upgrade p
 REMOTE_SETUP+=' && .venv/bin/pip install -q -e . "jax[tpu]>=0.10.2"'
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$REMOTE_SETUP"
 
-# 3. Make the dataset once, from worker 0, before all workers read it.
+# 3. Make the dataset once, from worker 0 (a data problem then shows before the slice starts training;
+#    `ganjax train` would otherwise prepare it too, process 0 first).
 config_overrides "$@"
 PREPARE=(.venv/bin/python -m ganjax data prepare --config="$CONFIG" --config.data.data_dir="$DATA_DIR"
          "${OVERRIDES[@]}")
