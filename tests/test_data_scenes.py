@@ -80,3 +80,10 @@ def test_bad_shapes_config_is_an_error():
         tfds_shapes.ShapesConfig.make(resolution=512)
     with pytest.raises(ValueError, match="data.num_images"):
         tfds_shapes.ShapesConfig.make(resolution=32, num_images=0)
+
+
+def test_object_windows_lose_nothing(monkeypatch):
+    windowed, _ = scenes.render(3, "train", range(300), 32)
+    monkeypatch.setattr(scenes, "_WINDOW_RADII", 1000.0)  # every window is the whole image
+    full, _ = scenes.render(3, "train", range(300), 32)
+    np.testing.assert_array_equal(windowed, full)
