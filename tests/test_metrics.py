@@ -219,6 +219,9 @@ def test_extractor_takes_global_arrays_of_another_mesh(extractor):
     images = _images(8, seed=1).astype(np.float32) / 127.5 - 1.0
     batch = jax.device_put(images, NamedSharding(mesh, PartitionSpec("data")))
     np.testing.assert_allclose(extractor(batch), _expected(images), rtol=1e-5, atol=1e-6)
+    # An array on one device is spread over the mesh first.
+    one_device = jax.device_put(images, jax.devices()[3])
+    np.testing.assert_allclose(extractor(one_device), _expected(images), rtol=1e-5, atol=1e-6)
     # A global array whose size does not divide the devices takes the padded path.
     np.testing.assert_allclose(extractor(jnp.asarray(images[:3])), _expected(images[:3]), rtol=1e-5, atol=1e-6)
 

@@ -42,6 +42,8 @@ class FeatureExtractor:
 
     def __call__(self, batch):
         if isinstance(batch, jax.Array) and batch.shape[0] % self.mesh.size == 0:
+            if batch.sharding.device_set != self.sharding.device_set:
+                batch = jax.device_put(batch, self.sharding)  # e.g. one device's array: jit won't mix device sets
             return self._gather(self._features(self.params, batch))
         if isinstance(batch, jax.Array) and not batch.is_fully_addressable:
             raise ValueError(
