@@ -174,3 +174,18 @@ def test_analytic_comm_ops_count_each_phase():
     fs = scaling.analytic_ops("fsdp", 10, 20, r1_weight=0, pl_weight=0)
     assert sum(o.buffer_bytes for o in fs if o.kind == "all-gather") == 2 * (40 + 80)
     assert math.isclose(sum(o.buffer_bytes for o in fs if o.kind == "reduce-scatter"), 120)
+
+
+def test_cost_meter_accumulates_flops_device_time_and_money():
+    from ganjax.bench.cost import CostMeter
+
+    m = _workload(resolution=32, channel_base=4096, channel_max=128, **CLEVR)
+    t = base_config().train
+    t.batch_size, t.price_per_device_hour = 8, 2.0
+    meter = CostMeter(m, t, num_devices=4, device_seconds=100.0)
+    out = meter.update(step=10, seconds=9.0)
+    assert out["compute/pflops"] == pytest.approx(80 * flops.train_flops_per_image(m, t) / 1e15)
+    assert out["compute/device_seconds"] == 136.0
+    assert out["compute/cost"] == pytest.approx(136.0 / 3600 * 2.0)
+    t.price_per_device_hour = 0.0
+    assert "compute/cost" not in CostMeter(m, t, 1).update(1, 1.0)
