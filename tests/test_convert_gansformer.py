@@ -396,27 +396,18 @@ def test_tf_pickle_every_parameter_lands(tf_file):
 
 
 def test_convert_writes_a_loadable_workdir(tf_file, tmp_path):
-    import jax
-    import jax.numpy as jnp
-
     from ganjax.checkpoint import load_generator
-    from ganjax.models import ModelConfig, build_models
 
     path, g, _ = tf_file
     out = tmp_path / "converted"
     assert gansformer.convert(path, str(out)) == str(out)
-    assert sorted(os.listdir(tmp_path)) == ["converted"]
-    G, variables, config = load_generator(str(out))
+    assert sorted(os.listdir(tmp_path)) == ["converted"]  # no temporary directory left beside it
+    G, variables, config = load_generator(str(out))  # what `ganjax sample` / `ganjax eval` read
+    assert (config.model.resolution, config.model.num_local, config.model.mapping_norm) == (RES, T, "component")
     np.testing.assert_array_equal(np.asarray(variables["params"]["pos"]), g["ltnt_emb/emb"])
-    _, v = gansformer.build_variables(gansformer.read_source(path), path)
-    z = jax.random.normal(jax.random.key(0), (2, T + 1, DIM))
-    img = G.apply(variables, z, noise_mode="const")
-    G2, D2 = build_models(ModelConfig.from_config(config.model))
-    img2 = G2.apply(jax.tree.map(jnp.asarray, v["g_ema"]), z, noise_mode="const")
-    assert img.shape == (2, RES, RES, 3)
-    np.testing.assert_allclose(np.asarray(img), np.asarray(img2), rtol=0, atol=0)
-    logits = D2.apply({"params": jax.tree.map(jnp.asarray, v["d"])}, img)
-    assert logits.shape == (2,) and np.all(np.isfinite(np.asarray(logits)))
+    np.testing.assert_array_equal(np.asarray(variables["buffers"]["synthesis_network"]["b8"]["conv1"]["noise_const"]),
+                                  g["synthesis/noise2"][0, 0])
+    assert G.cfg.attention == "official" and G.cfg.conv_last
 
 
 # ---- bad input --------------------------------------------------------------------------------------------

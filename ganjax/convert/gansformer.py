@@ -30,7 +30,6 @@ from ganjax.convert.unpickle import ConvertError, TFNetwork, TorchModule, load
 @dataclasses.dataclass
 class Source:
     """A checkpoint's networks in the reference PyTorch naming ({state_dict name: array})."""
-    format: str  # 'tf' | 'torch'
     g: dict | None  # the trained generator (None if the file has only G_ema)
     g_ema: dict
     d: dict | None
@@ -40,15 +39,13 @@ class Source:
 def _tf_source(nets, path):
     G, D, Gs = nets[:3]
     resolution = int(Gs.static_kwargs.get("resolution", 0)) or None
-    gs_vars = Gs.tensors()
     if resolution is None:
         raise ConvertError(f"{path}: TF generator without 'resolution' in its static kwargs")
     return Source(
-        format="tf",
         g=tf_names.generator_to_torch(G.tensors(), resolution),
-        g_ema=tf_names.generator_to_torch(gs_vars, resolution),
+        g_ema=tf_names.generator_to_torch(Gs.tensors(), resolution),
         d=tf_names.discriminator_to_torch(D.tensors()),
-        hints=infer.tf_hints(Gs, D, gs_vars),
+        hints=infer.tf_hints(Gs, D),
     )
 
 
@@ -76,7 +73,7 @@ def _torch_source(obj, path, global_modulation):
         hints = infer.torch_hints(module, obj.get("D") if isinstance(obj.get("D"), TorchModule) else None)
     if global_modulation is not None:
         hints["global_modulation"] = global_modulation
-    return Source(format="torch", g=g, g_ema=g_ema, d=d, hints=hints)
+    return Source(g=g, g_ema=g_ema, d=d, hints=hints)
 
 
 def read_source(path, *, global_modulation=None) -> Source:

@@ -149,19 +149,16 @@ def torch_hints(G, D):
     return hints
 
 
-def tf_hints(G, D, tf_vars):
+def tf_hints(G, D):
     """Settings from a TF pickle's static kwargs (names as in the TF version's networks)."""
     kw = G.static_kwargs
     hints = {"mapping_norm": "component"}
     for ours, theirs in (("global_modulation", "style"), ("mapping_lrmul", "mapping_lrmul"),
-                         ("integration", "integration"), ("norm", "norm"),
+                         ("integration", "integration"), ("norm", "norm"), ("kmeans_iters", "kmeans_iters"),
                          ("attention_dropout", "attention_dropout"), ("use_pos", "use_pos")):
         if theirs in kw:
             hints[ours] = kw[theirs]
     hints.setdefault("global_modulation", True)  # the TF version's default (--style)
-    iters = {int(m.group(1)) for n in tf_vars for m in [re.search(r"AttLayer_l2n/iter_(\d+)/", n)] if m}
-    if iters:
-        hints["kmeans_iters"] = max(iters) + 1
     if D is not None and "mbstd_group_size" in D.static_kwargs:
         hints["mbstd_group"] = D.static_kwargs["mbstd_group_size"]
     return hints
