@@ -152,6 +152,23 @@ def test_best_by_fid_is_kept_beyond_last_n(tmp_path):
     assert ck.best_step() == 2
 
 
+def test_a_step_with_a_fresh_fid_is_saved_off_interval(tmp_path):
+    mesh, state = dp8_state()
+    config = make_config(every_kimg=0.08, keep=1, eval_every=0.024)  # saves every 10 steps, FID every 3
+    ck = Checkpointer(str(tmp_path), config, mesh)
+    history = []
+    saved = []
+    for step in range(1, 11):
+        if step % 3 == 0:
+            history.append({"step": step, "fid": {3: 9.0, 6: 5.0, 9: 7.0}[step]})
+        history.append({"step": step, "loss": 1.0})  # later entries of the same step keep the FID visible
+        if ck.maybe_save(step, state, metrics_history=history):
+            saved.append(step)
+    ck.close()
+    assert saved == [3, 6, 9, 10]
+    assert ck.all_steps() == [6, 10] and ck.best_step() == 6
+
+
 def test_incompatible_checkpoint_names_path_and_shapes(tmp_path):
     mesh, state = dp8_state()
     ck = Checkpointer(str(tmp_path), make_config(), mesh)

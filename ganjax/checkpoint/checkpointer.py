@@ -56,7 +56,9 @@ def _fid(metrics) -> float:
 def _fid_at(step: int, metrics_history) -> float | None:
     """The FID measured at exactly `step` (the state being saved), if the history has one."""
     for entry in reversed(metrics_history or ()):
-        if entry.get("step") == step and "fid" in entry:
+        if entry.get("step", step) != step:
+            break  # the history is in step order: only its tail can belong to `step`
+        if "fid" in entry:
             return float(entry["fid"])
     return None
 
@@ -148,16 +150,15 @@ class Checkpointer:
 
     def maybe_save(self, step: int, state, loader=None, metrics_history=None, *, force=False) -> bool:
         step = int(step)
-        due = force or self._crosses_interval(step)
+        fid = _fid_at(step, metrics_history) if self._track_fid else None
+        # A step with a fresh FID is saved too, so the best-by-FID checkpoint exists whatever the intervals.
+        due = force or self._crosses_interval(step) or fid is not None
         self._last_step = max(self._last_step, step)
         if not due or step in self._manager.all_steps():
             return False
         self._raise_pending_error()
         history = to_jsonable(list(metrics_history or []))
-        metrics = None
-        if self._track_fid:
-            fid = _fid_at(step, history)
-            metrics = {} if fid is None else {"fid": fid}
+        metrics = ({} if fid is None else {"fid": fid}) if self._track_fid else None
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             loader=ocp.args.JsonSave(to_jsonable(loader.get_state()) if loader is not None else {}),
