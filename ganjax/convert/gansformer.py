@@ -17,6 +17,7 @@ and renamed into place at the end, so a failure leaves nothing behind.
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -224,4 +225,9 @@ def convert(src_path: str, out_dir: str, *, global_modulation: bool | None = Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    m = config.model
+    logging.info("converted %s -> %s: %d^2, %d+1 latents of %d, channels min(%d // res, %d), global modulation %s, "
+                 "attention %s..%s, mapping_norm %s", src_path, out_dir, m.resolution, m.num_local, m.w_dim,
+                 m.channel_base, m.channel_max, m.global_modulation, m.attention_start_res, m.attention_end_res,
+                 m.mapping_norm)
     return out_dir

@@ -45,7 +45,8 @@ def infer_model(g, d, hints, source):
     h.update({k: v for k, v in hints.items() if v is not None})
     if "global_modulation" not in h:
         raise ConvertError(f"{source}: global modulation (the reference's 'style' option) is not recorded in "
-                           "a bare state dict; convert the network pickle instead, or pass global_modulation")
+                           "a bare state dict; convert the network pickle instead, or call ganjax.convert.convert(src, out, "
+                           "global_modulation=True|False)")
     names = list(g)
     blocks = _res_keys(names, r"synthesis\.b(\d+)\.")
     if not blocks or blocks[0] != 4 or any(b != 2 * a for a, b in zip(blocks, blocks[1:])):

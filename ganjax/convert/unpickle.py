@@ -236,7 +236,7 @@ def _load_torch_zip(file, source):
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
-        raise ConvertError(f"{source}: torch archive without a single data.pkl")
+        raise ConvertError(f"{source}: a zip archive without a data.pkl: not a torch.save checkpoint")
     root = pkl[0][: -len("data.pkl")]
     if root + "byteorder" in names and zf.read(root + "byteorder").decode() != "little":
         raise ConvertError(f"{source}: big-endian torch archives are not supported")
