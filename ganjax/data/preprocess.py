@@ -7,6 +7,8 @@ antialiases when it shrinks). Grayscale, palette and alpha images become RGB; tr
 over black, the colour of the padding.
 """
 
+import io
+
 import numpy as np
 import PIL.Image
 
@@ -52,3 +54,10 @@ def preprocess(img: PIL.Image.Image, resolution: int, aspect_ratio: float = 1.0)
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), PIL.Image.LANCZOS)
     return np.asarray(img, np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 HWC -> PNG bytes, for TFDS Image features (TFDS would encode numpy arrays with TensorFlow)."""
+    buf = io.BytesIO()
+    PIL.Image.fromarray(image).save(buf, format="png", compress_level=1)
+    return buf.getvalue()

@@ -17,7 +17,6 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from ganjax.data import preprocess
-from ganjax.data.tfds_shapes import encode_png
 
 EXAMPLES = ("cifar10", "clevr", "lsun/bedroom", "celeb_a_hq/256", "ffhq")
 _THREADS = min(8, os.cpu_count() or 1)
@@ -135,7 +134,7 @@ class GanjaxCatalog(tfds.core.GeneratorBasedBuilder):
             for start in range(0, len(src), _WINDOW):
                 idx = range(start, min(len(src), start + _WINDOW))
                 for i, image in zip(idx, pool.map(load, idx)):
-                    yield i, {"image": encode_png(image)}
+                    yield i, {"image": preprocess.encode_png(image)}
 
 
 def make_builder(config: CatalogConfig, data_dir=None) -> GanjaxCatalog:

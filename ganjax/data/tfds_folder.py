@@ -18,7 +18,6 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from ganjax.data import preprocess
-from ganjax.data.tfds_shapes import encode_png
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _THREADS = min(8, os.cpu_count() or 1)  # PIL decodes and resizes outside the GIL
@@ -111,7 +110,7 @@ class GanjaxFolder(tfds.core.GeneratorBasedBuilder):
                     skipped += 1
                     logging.warning("ganjax_folder: skipping unreadable image %s (%s)", path, error)
                     continue
-                yield rel, {"image": encode_png(image), "path": rel}
+                yield rel, {"image": preprocess.encode_png(image), "path": rel}
         if skipped:
             logging.warning("ganjax_folder: skipped %d of %d files under %s", skipped, len(files), cfg.folder)
         if skipped == len(files):

@@ -6,13 +6,12 @@ from its values, so several coexist in one data dir and a prepared one is reused
 """
 
 import dataclasses
-import io
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 
 from ganjax.data import scenes
+from ganjax.data.preprocess import encode_png
 
 _RENDER_CHUNK = 256  # images rendered per vectorised call while writing
 
@@ -91,13 +90,6 @@ class GanjaxShapes(tfds.core.GeneratorBasedBuilder):
                 example = {key: value[j] for key, value in meta.items()}
                 example["image"] = encode_png(images[j])
                 yield int(i), example
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    # Encoded here with PIL: TFDS would otherwise encode numpy images with TensorFlow.
-    buf = io.BytesIO()
-    PIL.Image.fromarray(image).save(buf, format="png", compress_level=1)
-    return buf.getvalue()
 
 
 def make_builder(config: ShapesConfig, data_dir=None) -> GanjaxShapes:
