@@ -26,7 +26,7 @@ PRESETS = ("cpu_small", "cpu_medium", "ffhq64", "sg2_small")
 CLEVR_STYLE = dict(num_local=8, z_dim=16, w_dim=16, global_modulation=False, mapping_attention=False)
 FFHQ_STYLE = dict(num_local=16, z_dim=32, w_dim=32, global_modulation=True, mapping_attention=True)
 STYLEGAN2 = dict(num_local=0, z_dim=512, w_dim=512, global_modulation=True, mapping_attention=False,
-                 attention="none", architecture_g="skip")
+                 attention="none", architecture_g="skip", mapping_resnet=False)  # reference baseline: plain fc
 MODELS = {
     "cpu_small": dict(resolution=32, channel_base=4096, channel_max=128, **CLEVR_STYLE),
     "cpu_medium": dict(resolution=64, channel_base=16384, channel_max=256, **CLEVR_STYLE),
@@ -46,14 +46,14 @@ def get_config(arg=None):
     m = c.model
     # Every architecture field the workloads fix, set explicitly (not inherited from defaults).
     m.num_channels, m.architecture_g, m.architecture_d = 3, "resnet", "resnet"
-    m.mapping_layers, m.mapping_lrmul, m.mapping_norm = 4, 0.01, "joint"
+    m.mapping_layers, m.mapping_lrmul, m.mapping_norm, m.mapping_resnet = 4, 0.01, "joint", True
     m.attention, m.attention_start_res, m.attention_end_res = "official", 4, 128
     m.heads, m.kmeans_iters, m.integration, m.attention_dropout = 1, 1, "mul", 0.12
     m.conv_last, m.mbstd_group, m.mbstd_channels, m.d_attention = True, 4, 1, False
     # The reference trains with PyTorch's fused_modconv=False (scale activations, shared conv weights),
     # which is ganjax's fused_modconv=True.
     m.fused_modconv = True
-    m.compute_dtype, m.remat = "float32", False
+    m.compute_dtype, m.remat, m.conv_impl = "float32", False, "auto"
     m.update(MODELS[name])
 
     d = c.data
