@@ -242,7 +242,8 @@ def test_extract_features_from_a_batch_function_stops_at_num_images(extractor):
 def test_extract_features_from_iterables(extractor):
     images = _images(10, seed=3)
     batches = [images[:4], images[4:8], images[8:]]
-    np.testing.assert_allclose(metrics.extract_features(batches, None, extractor), _expected(images), rtol=1e-5, atol=1e-6)
+    everything = metrics.extract_features(batches, None, extractor)
+    np.testing.assert_allclose(everything, _expected(images), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="ended after 10 of the 11 images"):
         metrics.extract_features(batches, 11, extractor)
     with pytest.raises(ValueError, match="finite iterable"):

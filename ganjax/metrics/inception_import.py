@@ -92,7 +92,8 @@ def _torchscript_convs(state):
         if key.startswith(prefix) and key.endswith(".weight"):
             base = key[: -len(".weight")]
             tf_name = base[len(prefix) :].replace(".", "/")
-            convs[tf_name] = fold_batchnorm(state[key], state[base + ".mean"], state[base + ".var"], state[base + ".beta"])
+            bn = [state[f"{base}.{k}"] for k in ("mean", "var", "beta")]
+            convs[tf_name] = fold_batchnorm(state[key], *bn)
     return convs
 
 

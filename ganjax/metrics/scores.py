@@ -25,7 +25,8 @@ def metrics_from_features(reference, features, metrics=("fid",), pr_k=3, kid_sub
         elif name == "kid":
             out["kid"] = kid.kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size)
         else:
-            out["precision"], out["recall"] = improved_precision_recall.precision_recall(reference.features, features, pr_k)
+            pr = improved_precision_recall.precision_recall(reference.features, features, pr_k)
+            out["precision"], out["recall"] = pr
     return out
 
 
