@@ -136,18 +136,18 @@ def build_variables(source: Source, path: str = "<source>"):
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from ganjax.config import base_config
+    from ganjax.config import base_config, validate
     from ganjax.models import ModelConfig, build_models
 
     fields = infer.infer_model(source.g_ema, source.d, source.hints, path)
     config = base_config()
     for k, v in fields.items():
         config.model[k] = v
-    model_cfg = ModelConfig.from_config(config.model)
     try:
-        model_cfg.validate()
+        validate(config)
     except ValueError as e:
-        raise ConvertError(f"{path}: the inferred config is not a valid ganjax model: {e}") from e
+        raise ConvertError(f"{path}: the inferred config is not a valid ganjax config: {e}") from e
+    model_cfg = ModelConfig.from_config(config.model)
     G, D = build_models(model_cfg)
     keys = {n: jax.random.key(0) for n in ("params", "noise", "dropout", "mixing")}
     z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
