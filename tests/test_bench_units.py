@@ -189,3 +189,25 @@ def test_cost_meter_accumulates_flops_device_time_and_money():
     assert out["compute/cost"] == pytest.approx(136.0 / 3600 * 2.0)
     t.price_per_device_hour = 0.0
     assert "compute/cost" not in CostMeter(m, t, 1).update(1, 1.0)
+
+
+def test_variant_weights_follow_the_lazy_intervals():
+    from ganjax.bench.run import variant_weights
+    from ganjax.train.step import StepConfig
+
+    t = base_config().train
+    t.pl_weight = 2.0  # R1 every 16, path length every 4
+    w = variant_weights(StepConfig.from_config(type("C", (), {"train": t})))
+    assert w == {(True, True): 1 / 16, (False, True): 3 / 16, (False, False): 12 / 16}
+    t.pl_weight, t.r1_gamma = 0.0, 0.0
+    assert variant_weights(StepConfig.from_config(type("C", (), {"train": t}))) == {(False, False): 1.0}
+
+
+def test_mesh_flag_parsing():
+    from ganjax.bench.sweep import apply_mesh, parse_mesh
+
+    assert parse_mesh("dp=4,fsdp=2") == {"data": 4, "fsdp": 2, "model": 1}
+    c = apply_mesh(base_config(), parse_mesh("fsdp=8"))
+    assert (c.parallel.mesh_data, c.parallel.mesh_fsdp, c.parallel.strategy) == (1, 8, "fsdp")
+    with pytest.raises(ValueError, match="--mesh: 'pp=2'"):
+        parse_mesh("pp=2")
