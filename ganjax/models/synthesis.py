@@ -37,8 +37,9 @@ class SynthesisLayer(nn.Module):
     train: bool = False
 
     @nn.compact
-    def __call__(self, x, y, pos, carry):
-        """x [B, H, W, Cin]; y [B, k, w_dim] (this layer's latents); carry: duplex latent update or None."""
+    def __call__(self, x, y, pos, carry, noise=None):
+        """x [B, H, W, Cin]; y [B, k, w_dim] (this layer's latents); carry: duplex latent update or None;
+        noise: this layer's random noise [B, res, res, 1] (noise_mode 'random')."""
         c = self.cfg
         dtype = jnp.dtype(c.compute_dtype)
         cin, cout, k = x.shape[-1], self.features, 3
@@ -72,9 +73,8 @@ class SynthesisLayer(nn.Module):
             noise_const = self.variable("buffers", "noise_const",
                                         lambda: jax.random.normal(self.make_rng("noise"), (self.res, self.res)))
             strength = boxed_param(self, "noise_strength", constant(0.0), (), ())
-            noise = None
-            if self.noise_mode == "random":
-                noise = jax.random.normal(self.make_rng("noise"), (x.shape[0], self.res, self.res, 1))
+            if self.noise_mode == "none":
+                noise = None
             elif self.noise_mode == "const":
                 noise = noise_const.value[None, :, :, None]
             if noise is not None:
@@ -95,7 +95,8 @@ class ToRGB(nn.Module):
         dtype = jnp.dtype(c.compute_dtype)
         cin = x.shape[-1]
         styles = Dense(cin, bias_init=1.0, axes=("embed", "conv_in"), dtype=dtype, name="affine")(y[:, -1])
-        weight = boxed_param(self, "weight", scaled_normal(), (1, 1, cin, c.num_channels), (None, None, "conv_in", None))
+        weight = boxed_param(self, "weight", scaled_normal(), (1, 1, cin, c.num_channels),
+                             (None, None, "conv_in", None))
         weight = (weight * (1.0 / np.sqrt(cin))).astype(dtype)
         x = x.astype(dtype)
         if c.global_modulation:
@@ -114,7 +115,7 @@ class SynthesisBlock(nn.Module):
     train: bool = False
 
     @nn.compact
-    def __call__(self, x, img, ws, pos, carry):
+    def __call__(self, x, img, ws, pos, carry, noises=(None, None)):
         c = self.cfg
         dtype = jnp.dtype(c.compute_dtype)
         stem, last = self.res == 4, self.res == c.resolution
@@ -127,7 +128,8 @@ class SynthesisBlock(nn.Module):
         if stem:
             const = boxed_param(self, "const", jax.nn.initializers.normal(1.0), (4, 4, cout), (None, None, "conv_out"))
             x = jnp.broadcast_to(const.astype(dtype), (ws.shape[0], 4, 4, cout))
-            x, m, carry = SynthesisLayer(**layer, attention=att, name="conv1")(x, ws[:, :, i], pos, carry)
+            x, m, carry = SynthesisLayer(**layer, attention=att, name="conv1")(x, ws[:, :, i], pos, carry,
+                                                                               noises[0])
             maps.append(m)
             i += 1
         else:
@@ -135,9 +137,10 @@ class SynthesisBlock(nn.Module):
             if resnet:
                 skip = Conv2d(cout, 1, use_bias=False, up=2, gain=SQRT_HALF, conv_impl=_impl(c), dtype=dtype,
                               name="skip")(x)
-            x, m0, carry = SynthesisLayer(**layer, up=2, attention=att, name="conv0")(x, ws[:, :, i], pos, carry)
+            x, m0, carry = SynthesisLayer(**layer, up=2, attention=att, name="conv0")(x, ws[:, :, i], pos, carry,
+                                                                                      noises[0])
             x, m1, carry = SynthesisLayer(**layer, attention=att, gain=SQRT_HALF if resnet else 1.0,
-                                          name="conv1")(x, ws[:, :, i + 1], pos, carry)
+                                          name="conv1")(x, ws[:, :, i + 1], pos, carry, noises[1])
             if resnet:
                 x = skip + x
             maps += [m0, m1]
@@ -145,7 +148,8 @@ class SynthesisBlock(nn.Module):
         if img is not None:
             img = upsample2d(img)
         if last and c.conv_last:
-            x = SynthesisLayer(**layer, use_bias=False, use_noise=False, name="conv_last")(x, ws[:, :, i], pos, None)[0]
+            x = SynthesisLayer(**layer, use_bias=False, use_noise=False, name="conv_last")(
+                x, ws[:, :, i], pos, None)[0]
             i += 1
         if last or not resnet:
             y = ToRGB(c, name="torgb")(x, ws[:, :, i])
@@ -178,16 +182,29 @@ class SynthesisNetwork(nn.Module):
         carry = None
         maps = []
         idx = 0
+        noises = self._random_noise(ws.shape[0]) if noise_mode == "random" else {}
         for res in c.block_resolutions:
             step, width = block_ws_counts(c, res)
             block = block_cls(c, res, noise_mode=noise_mode, train=train, name=f"b{res}")
-            x, img, m, carry = block(x, img, ws[:, :, idx:idx + width], pos, carry)
+            x, img, m, carry = block(x, img, ws[:, :, idx:idx + width], pos, carry,
+                                     noises.get(res, (None, None)))
             maps += m
             idx += step
         img = img.astype(jnp.float32)
         if not return_attention:
             return img
         return img, self._stack_maps(maps, img.shape[0])
+
+    def _random_noise(self, batch):
+        """Per-layer noise maps {res: (first layer, second layer)} from ONE normal draw: a single RNG call
+        compiles much faster than one per layer."""
+        sizes = [(r, n) for r in self.cfg.block_resolutions for n in range(1 if r == 4 else 2)]
+        flat = jax.random.normal(self.make_rng("noise"), (batch, sum(r * r for r, _ in sizes), 1))
+        out, start = {}, 0
+        for r, n in sizes:
+            out.setdefault(r, [None, None])[n] = flat[:, start:start + r * r].reshape(batch, r, r, 1)
+            start += r * r
+        return {r: tuple(v) for r, v in out.items()}
 
     def _stack_maps(self, maps, batch):
         """[B, N, F, T] per layer -> [B, T, layers, N, R, R], nearest-upsampled to the output resolution."""
