@@ -1,0 +1,132 @@
+"""GANsformer's interpretability outputs, computed with a generator: which latent owns which region
+(attention maps), what one latent component controls (per-latent variation), truncation sweeps and latent
+interpolations. ganjax/viz.py turns the arrays into PNG grids and GIFs; `ganjax sample` exposes both.
+
+Seeds are `ganjax sample`'s: seed s -> z = normal(key(s), [1, k, z_dim])[0], per-pixel noise from
+fold_in(key(s), 1). So with the same psi and noise mode, the base images here equal `ganjax sample`'s.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def seed_latents(seeds, num_latents: int, z_dim: int):
+    """(z [N, k, z_dim] float32, noise keys [N]) of `ganjax sample`'s seeds."""
+    keys = [jax.random.key(int(s)) for s in seeds]
+    z = jnp.stack([jax.random.normal(k, (1, num_latents, z_dim), jnp.float32)[0] for k in keys])
+    return z, jnp.stack([jax.random.fold_in(k, 1) for k in keys])
+
+
+@functools.cache  # one compile per (model, noise mode, attention); G is hashable by its config
+def _renderer(G, noise_mode: str, return_attention: bool):
+    def one(z, noise_key, psi, variables):
+        ws = G.apply(variables, z[None], method="mapping")
+        w_avg = variables["buffers"]["mapping_network"]["w_avg"]
+        # Truncation with a traced psi (one compile for a whole sweep); psi == 1 leaves ws bit-exact.
+        ws = jnp.where(psi == 1.0, ws, w_avg + psi * (ws - w_avg))
+        out = G.apply(variables, ws, noise_mode=noise_mode, return_attention=return_attention,
+                      rngs={"noise": noise_key}, method="synthesis")
+        return jax.tree.map(lambda x: x[0], out)
+
+    # vmap over single images: each image depends on its own latents and noise key only.
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
+
+
+def render(G, variables, z, noise_keys, psi=1.0, *, noise_mode="const", return_attention=False, batch_size=16):
+    """Images [N, R, R, C] (and attention maps [N, T, layers, heads, R, R] if asked) as numpy, for latents
+    z [N, k, z_dim], noise keys [N] and truncation psi (a number or one per image)."""
+    n = len(z)
+    psi = jnp.broadcast_to(jnp.asarray(psi, jnp.float32), (n,))
+    fn = _renderer(G, noise_mode, bool(return_attention))
+    batch_size = max(1, min(batch_size, n))
+    pad = -n % batch_size  # one compiled batch shape: repeat the last image
+    z, noise_keys, psi = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (z, noise_keys, psi))
+    parts = [jax.device_get(fn(z[i:i + batch_size], noise_keys[i:i + batch_size], psi[i:i + batch_size], variables))
+             for i in range(0, n + pad, batch_size)]
+    out = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
+    return out
+
+
+def _latent_shape(G):
+    return G.cfg.num_latents, G.cfg.z_dim
+
+
+def attention(G, variables, seeds, *, psi=1.0, noise_mode="const", batch_size=16):
+    """(images [N, R, R, C], attention maps [N, T, layers, heads, R, R]) of the seeds."""
+    if G.cfg.num_local < 1 or not G.cfg.attention_layers:
+        raise ValueError("the model has no attention layers (model.num_local = 0 or model.attention = 'none')")
+    z, keys = seed_latents(seeds, *_latent_shape(G))
+    return render(G, variables, z, keys, psi, noise_mode=noise_mode, return_attention=True, batch_size=batch_size)
+
+
+def variation_latents(z, seed: int, num_variations: int):
+    """z [k, z_dim] -> [k, 1 + num_variations, k, z_dim]: in row i, column 0 is z and column j > 0 is z with
+    component i replaced by a fresh normal draw (seeded by `seed`)."""
+    if num_variations < 1:
+        raise ValueError(f"num_variations must be >= 1, got {num_variations}")
+    k, z_dim = z.shape
+    fresh = jax.random.normal(jax.random.fold_in(jax.random.key(int(seed)), 2), (k, num_variations, z_dim))
+    base = jnp.broadcast_to(z, (k, num_variations + 1, k, z_dim))
+    return jnp.stack([base[i].at[1:, i].set(fresh[i]) for i in range(k)])
+
+
+def latent_variation(G, variables, seed: int, num_variations: int, *, psi=1.0, noise_mode="const",
+                     batch_size=16):
+    """[k, 1 + num_variations, R, R, C]: row i resamples latent component i of the seed's z (the last row is
+    the global latent), keeping the other components and the noise; column 0 is the unmodified image."""
+    z, keys = seed_latents([seed], *_latent_shape(G))
+    table = variation_latents(z[0], seed, num_variations)
+    rows, cols = table.shape[:2]
+    images = render(G, variables, table.reshape(rows * cols, *z.shape[1:]), jnp.repeat(keys, rows * cols, axis=0),
+                    psi, noise_mode=noise_mode, batch_size=batch_size)
+    return images.reshape(rows, cols, *images.shape[1:])
+
+
+def truncation_sweep(G, variables, seeds, psis, *, noise_mode="const", batch_size=16):
+    """[N, P, R, R, C]: row = seed, column = truncation psi (w_avg + psi (w - w_avg); psi 0 = the w_avg image)."""
+    psis = [float(p) for p in psis]
+    if not psis:
+        raise ValueError("truncation_sweep needs at least one psi")
+    z, keys = seed_latents(seeds, *_latent_shape(G))
+    n, p = len(z), len(psis)
+    images = render(G, variables, jnp.repeat(z, p, axis=0), jnp.repeat(keys, p, axis=0),
+                    jnp.tile(jnp.asarray(psis, jnp.float32), n), noise_mode=noise_mode, batch_size=batch_size)
+    return images.reshape(n, p, *images.shape[1:])
+
+
+def slerp(a, b, t):
+    """Spherical interpolation along the last axis (per latent component); lerp where a and b are parallel."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    t = jnp.asarray(t, jnp.float32)[..., None]
+    na, nb = jnp.linalg.norm(a, axis=-1, keepdims=True), jnp.linalg.norm(b, axis=-1, keepdims=True)
+    cos = jnp.clip(jnp.sum(a * b, axis=-1, keepdims=True) / jnp.maximum(na * nb, 1e-12), -1.0, 1.0)
+    omega = jnp.arccos(cos)
+    so = jnp.sin(omega)
+    safe = so > 1e-6
+    wa = jnp.where(safe, jnp.sin((1 - t) * omega) / jnp.where(safe, so, 1.0), 1 - t)
+    wb = jnp.where(safe, jnp.sin(t * omega) / jnp.where(safe, so, 1.0), t)
+    return wa * a + wb * b
+
+
+def interpolation(G, variables, seeds, num_frames: int, *, method="slerp", psi=1.0, noise_mode="const",
+                  batch_size=16):
+    """[num_frames, R, R, C]: a path through the seeds' z in order, frames evenly spaced from the first seed's
+    image to the last one's. The noise stays the first seed's, so only the latents move."""
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"an interpolation needs at least 2 seeds, got {seeds}")
+    if num_frames < 2:
+        raise ValueError(f"an interpolation needs at least 2 frames, got {num_frames}")
+    if method not in ("slerp", "lerp"):
+        raise ValueError(f"interpolation method {method!r} is not one of ('slerp', 'lerp')")
+    z, keys = seed_latents(seeds, *_latent_shape(G))
+    pos = np.linspace(0.0, len(seeds) - 1, num_frames)
+    seg = np.minimum(pos.astype(int), len(seeds) - 2)
+    t = jnp.asarray(pos - seg, jnp.float32)[:, None]  # [F, 1]: the same t for every latent component
+    a, b = z[seg], z[seg + 1]
+    frames_z = slerp(a, b, t) if method == "slerp" else a + t[..., None] * (b - a)
+    return render(G, variables, frames_z, jnp.repeat(keys[:1], num_frames, axis=0), psi, noise_mode=noise_mode,
+                  batch_size=batch_size)
