@@ -44,8 +44,9 @@ def test_bench_command_runs_on_a_tiny_config(tmp_path):
     assert list(rec["variants"]) == ["plain"] and rec["variants"]["plain"]["n"] == 2
     assert rec["img_per_s"] == pytest.approx(4 / rec["iteration"]["median_s"])
     assert rec["sec_per_kimg"] == pytest.approx(1000 * rec["iteration"]["median_s"] / 4)
-    # analytic and XLA FLOPs describe the same work (XLA adds the elementwise ops the walk leaves out)
-    assert 0.8 < rec["flops"]["xla_over_analytic"] < 2.5
+    # XLA counts at least the analytic work, plus the elementwise ops the walk leaves out (at 8 channels
+    # those are as large as the convolutions: 3x measured; ~1.1-1.5x at real widths)
+    assert 0.9 < rec["flops"]["xla_over_analytic"] < 5
     # dp=2: every gradient is all-reduced, so at least 2 x (1/2) x 4 bytes per G and D parameter is sent
     grads = 4 * (rec["params"]["g"] + rec["params"]["d"])
     assert rec["comm_bytes_per_device_per_iteration"] >= grads
