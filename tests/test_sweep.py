@@ -172,3 +172,21 @@ def test_two_point_sweep_end_to_end(tmp_path):
         assert resolved["parallel"]["mesh_data"] == 1  # the sweep's own override reached every run
     assert (workdir / "sweep.md").read_text().count("\n") == 4
     assert (workdir / "sweep_step.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_failed_runs_are_reported_and_fail_the_sweep(tmp_path):
+    """Both runs fail fast (an unknown TFDS dataset, found after validation): the sweep runs the second
+    anyway, records both in the table and exits non-zero naming them."""
+    cfg = tmp_path / "failing.py"
+    cfg.write_text("from ganjax.config import base_config\nfrom ganjax import sweep\n"
+                   "def get_config(arg=None):\n    c = base_config()\n    c.data.dataset = 'no_such_dataset_xyz'\n"
+                   "    return c\n"
+                   "def get_sweep(arg=None):\n    return sweep.grid({'train.lr_g': [0.001, 0.002]})\n")
+    out = ganjax("sweep", f"--config={cfg}", f"--workdir={tmp_path}/w", "--plot_metric=G/loss", timeout=600)
+    assert out.returncode == 1
+    assert "2 of 2 runs failed: ['000-lr_g=0.001', '001-lr_g=0.002']" in out.stderr
+    assert "no plot: --plot_metric 'G/loss' is not among the runs' final metrics" in out.stderr
+    with open(tmp_path / "w" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["status"]) for r in rows] == [("000-lr_g=0.001", "failed(1)"), ("001-lr_g=0.002", "failed(1)")]
+    assert "no_such_dataset_xyz" in (tmp_path / "w" / "000-lr_g=0.001" / "sweep_run.log").read_text()

@@ -86,13 +86,17 @@ def report(runs, workdir):
     sweep.write_csv(os.path.join(workdir, "sweep.csv"), columns, rows)
     sweep.write_markdown(os.path.join(workdir, "sweep.md"), columns, rows)
     params = [c for c in columns[2:] if any(c in r["overrides"] for r in runs)]
+    print(f"results: {os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.md')}")
     metric = FLAGS.plot_metric or ("fid" if "fid" in columns else "")
     if metric:
         param = FLAGS.plot_param or params[0]
         out = os.path.join(workdir, f"sweep_{metric.replace('/', '_')}.png")
-        sweep.plot(out, rows, metric, param, params)
+        try:
+            sweep.plot(out, rows, metric, param, params)
+        except ValueError as e:  # the table is written; say why there is no plot
+            return f"no plot: {e}"
         print(f"plot: {out}")
-    print(f"results: {os.path.join(workdir, 'sweep.csv')}, {os.path.join(workdir, 'sweep.md')}")
+    return None
 
 
 def main(argv):
@@ -116,7 +120,9 @@ def main(argv):
         execute(run)
         with open(os.path.join(workdir, "sweep.json"), "w") as f:
             json.dump(runs, f, indent=1)
-    report(runs, workdir)
+    problem = report(runs, workdir)
     failed = [r["name"] for r in runs if r["status"] != "done"]
     if failed:
-        raise SystemExit(f"ganjax sweep: {len(failed)} of {len(runs)} runs failed: {failed}")
+        problem = f"{len(failed)} of {len(runs)} runs failed: {failed}" + (f"; {problem}" if problem else "")
+    if problem:
+        raise SystemExit(f"ganjax sweep: {problem}")
