@@ -40,6 +40,7 @@ cleanup() {  # a failed process leaves the others blocked in collectives: stop t
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # runs the EXIT trap: the processes save (SIGTERM = preemption) and stop
 for ((i = 0; i < N; i++)); do
   process_argv "$i" "$@"
   "${ARGV[@]}" >"$WORKDIR/process_$i.log" 2>&1 &

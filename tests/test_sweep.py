@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,9 +90,22 @@ def test_collect_table_and_plot(tmp_path):
         sweep.plot(str(tmp_path / "x.png"), rows, "loss_g", "train.lr_g", params)
 
 
-def ganjax(*args, cwd=ROOT, timeout=120):
-    return subprocess.run([sys.executable, "-m", "ganjax", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+def run_killing_group(argv, timeout, **kwargs):
+    """subprocess.run that, on timeout, kills the whole process group (the trainers a launcher or a sweep
+    started too), so a timed-out test leaves no training processes behind."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def ganjax(*args, timeout=120):
+    return run_killing_group([sys.executable, "-m", "ganjax", *args], timeout, cwd=ROOT)
 
 
 def test_print_commands_one_per_run(tmp_path):

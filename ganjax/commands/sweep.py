@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -72,7 +73,13 @@ def execute(run):
     log_path = os.path.join(run["workdir"], "sweep_run.log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "w") as log:
-        code = subprocess.call(run["argv"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(run["argv"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM of the sweep: pass it on, so no run outlives the sweep
+            proc.terminate()
+            proc.wait()
+            raise
     run["status"] = "done" if code == 0 else f"failed({code})"
     if code:
         with open(log_path) as f:
@@ -115,6 +122,7 @@ def main(argv):
         return
     runs = plan(FLAGS.config, config_arg, workdir, python=sys.executable)
     os.makedirs(workdir, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through execute(), which stops the run
     for i, run in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {run['name']}: {sweep.shell_join(run['argv'])}", flush=True)
         execute(run)
