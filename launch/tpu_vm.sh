@@ -2,7 +2,8 @@
 # Train on a Cloud TPU VM or pod slice: create it (or reuse it if it exists), copy this checkout to every
 # worker, install ganjax with jax[tpu], and run the same `python -m ganjax train` on all workers at once
 # (--worker=all). jax.distributed.initialize() finds the other hosts of the slice by itself. The TFDS data
-# dir and the workdir live on GCS, so every worker sees the same data, checkpoints and metrics.
+# dir and the workdir live on GCS (gs://BUCKET/tensorflow_datasets, gs://BUCKET/runs/RUN, mounted with
+# gcsfuse on every worker), so every worker sees the same data, checkpoints and metrics.
 #
 # usage: bash launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE --bucket gs://BUCKET [--type v4-8]
 #            [--version RUNTIME (default: the type's base image)] [--project PROJECT] [--spot] [--run RUN]
@@ -45,8 +46,11 @@ if [[ -z "$VERSION" ]]; then  # the base software image of each TPU generation
   esac
 fi
 RUN=${RUN:-$NAME}
-WORKDIR="$BUCKET/runs/$RUN"
-DATA_DIR="$BUCKET/tensorflow_datasets"
+# The bucket is mounted with gcsfuse at the same path on every worker: ganjax writes metrics, samples and
+# TensorBoard events with plain file I/O, so the workdir and the TFDS data dir are ordinary paths.
+MOUNT=/mnt/gcs
+WORKDIR="$MOUNT/runs/$RUN"
+DATA_DIR="$MOUNT/tensorflow_datasets"
 TARBALL=/tmp/ganjax-$NAME.tar.gz
 
 TPU=(gcloud compute tpus tpu-vm)
@@ -71,6 +75,14 @@ REMOTE_SETUP='rm -rf ganjax && mkdir ganjax && tar xzf ganjax.tar.gz -C ganjax &
 REMOTE_SETUP+=' && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip'
 REMOTE_SETUP+=' && .venv/bin/pip install -q -e . "jax[tpu]>=0.10.2"'
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$REMOTE_SETUP"
+MOUNT_GCS='if ! command -v gcsfuse >/dev/null; then'
+MOUNT_GCS+=' echo "deb https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main"'
+MOUNT_GCS+=' | sudo tee /etc/apt/sources.list.d/gcsfuse.list'
+MOUNT_GCS+=' && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add -'
+MOUNT_GCS+=' && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; fi'
+MOUNT_GCS+=" && sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT"
+MOUNT_GCS+=" && (mountpoint -q $MOUNT || gcsfuse --implicit-dirs ${BUCKET#gs://} $MOUNT)"
+run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$MOUNT_GCS"
 
 # 3. Make the dataset once, from worker 0 (a data problem then shows before the slice starts training;
 #    `ganjax train` would otherwise prepare it too, process 0 first).
@@ -83,4 +95,4 @@ run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command="cd ganjax && $(q
 TRAIN=(.venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR"
        --config.data.data_dir="$DATA_DIR" "$@")
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="cd ganjax && $(quote "${TRAIN[@]}")"
-[[ "$DRY_RUN" == 1 ]] || echo "done: workdir $WORKDIR (delete the VM with: $(quote "${TPU[@]}" delete "$NAME" "${WHERE[@]}"))"
+[[ "$DRY_RUN" == 1 ]] || echo "done: workdir $BUCKET/runs/$RUN (delete the VM with: $(quote "${TPU[@]}" delete "$NAME" "${WHERE[@]}"))"

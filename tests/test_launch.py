@@ -72,18 +72,20 @@ def test_tpu_vm_dry_run():
     assert got[2] == [*tpu, "scp", "/tmp/ganjax-pod.tar.gz", "pod:ganjax.tar.gz", *where, "--worker=all"]
     assert got[3][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
     assert 'pip install -q -e . "jax[tpu]>=0.10.2"' in got[3][9]
-    assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=0"]
-    assert shlex.split(got[4][9].removeprefix("--command=")) == [
+    assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]  # the bucket mounted on every worker
+    assert shlex.split(got[4][9])[-5:] == ["gcsfuse", "--implicit-dirs", "bkt", "/mnt/gcs", ")"]
+    assert got[5][:9] == [*tpu, "ssh", "pod", *where, "--worker=0"]
+    assert shlex.split(got[5][9].removeprefix("--command=")) == [
         "cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "data", "prepare",
-        "--config=configs/gansformer.py:ffhq256", "--config.data.data_dir=gs://bkt/tensorflow_datasets",
+        "--config=configs/gansformer.py:ffhq256", "--config.data.data_dir=/mnt/gcs/tensorflow_datasets",
         "--config.train.batch_size=256", "--config.data.folder=it's here"]
-    assert got[5][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
-    command = got[5][9].removeprefix("--command=")
+    assert got[6][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
+    command = got[6][9].removeprefix("--command=")
     assert shlex.split(command) == ["cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "train",
-                                    "--config=configs/gansformer.py:ffhq256", "--workdir=gs://bkt/runs/pod",
-                                    "--config.data.data_dir=gs://bkt/tensorflow_datasets",
+                                    "--config=configs/gansformer.py:ffhq256", "--workdir=/mnt/gcs/runs/pod",
+                                    "--config.data.data_dir=/mnt/gcs/tensorflow_datasets",
                                     "--config.train.batch_size=256", "--config.data.folder=it's here"]
-    assert len(got) == 6
+    assert len(got) == 7
     missing = launch("launch/tpu_vm.sh", "--dry-run", "--name", "pod")
     assert missing.returncode == 2 and "--name, --zone and --bucket gs://... are required" in missing.stderr
 
