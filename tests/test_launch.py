@@ -73,7 +73,7 @@ def test_tpu_vm_dry_run():
     assert got[3][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
     assert 'pip install -q -e . "jax[tpu]>=0.10.2"' in got[3][9]
     assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]  # the bucket mounted on every worker
-    assert shlex.split(got[4][9])[-5:] == ["gcsfuse", "--implicit-dirs", "bkt", "/mnt/gcs", ")"]
+    assert shlex.split(got[4][9])[-4:] == ["gcsfuse", "--implicit-dirs", "bkt", "/mnt/gcs)"]
     assert got[5][:9] == [*tpu, "ssh", "pod", *where, "--worker=0"]
     assert shlex.split(got[5][9].removeprefix("--command=")) == [
         "cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "data", "prepare",
