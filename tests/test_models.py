@@ -216,6 +216,22 @@ def test_truncation_w_avg_and_style_mixing():
     assert 1 <= cutoff < cfg.num_ws and same[:cutoff].all() and not same[cutoff:].any()
 
 
+def test_mapping_normalisation_modes():
+    """joint: scale-invariant in the global latent and in the locals as a whole; component (TF): invariant
+    to scaling one local latent, but the global latent is used unnormalised."""
+    z = z_for(tiny(), batch=2)
+    scale_global = z.at[:, -1].multiply(3.0)
+    scale_local0 = z.at[:, 0].multiply(3.0)
+    for norm, global_invariant, local_invariant in (("joint", True, False), ("component", False, True)):
+        cfg = tiny(mapping_norm=norm, mapping_attention=False)
+        G, _ = build_models(cfg)
+        v = jax.jit(lambda z: G.init(rngs(), z, method="mapping"))(z)
+        m = jax.jit(lambda z: G.apply(v, z, method="mapping"))
+        base = m(z)
+        assert np.allclose(m(scale_global), base, atol=1e-5) == global_invariant, norm
+        assert np.allclose(m(scale_local0), base, atol=1e-5) == local_invariant, norm
+
+
 def test_noise_modes_and_conv_forms_agree():
     cfg = tiny()
     G, _, gv, z = init_g(cfg)

@@ -10,8 +10,8 @@ Conventions implemented (and where the references differ)
   flattens (c, h, w), so its weight rows must be permuted when converting.
 - Latents: z [B, k, z_dim], k = num_local + 1, the global latent LAST (both references).
 - Mapping normalisation: 'joint' (PyTorch) normalises all local values together over (k-1)*z_dim and the
-  global latent separately; 'component' normalises every latent over its own z_dim. (The TF reference
-  normalises the locals per component but leaves the global latent unnormalised; we normalise it.)
+  global latent separately; 'component' (TF) normalises every local latent over its own z_dim and leaves
+  the global latent unnormalised, as the TF reference does. With num_local = 0 both normalise the one latent.
 - Mapping: 4 residual layers (fc -> lrelu*sqrt2 -> fc, + input, lrelu without gain) + an output fc with
   lrelu*sqrt2, lrmul 0.01 (`mapping_resnet=False`: 8 plain fc + output, StyleGAN2's). Mapping
   self-attention (PyTorch `ltnt2ltnt`): simplex attention with additive integration and no norm, before each

@@ -80,8 +80,8 @@ class MappingNetwork(nn.Module):
             local, g = z[:, :-1], z[:, -1:]
             if c.mapping_norm == "joint":  # PyTorch reference: all local values jointly; global separately
                 local, g = normalize_2nd_moment(local, (1, 2)), normalize_2nd_moment(g, (1, 2))
-            else:  # per component (TF reference for the locals)
-                local, g = normalize_2nd_moment(local, (2,)), normalize_2nd_moment(g, (2,))
+            else:  # TF reference: each local latent over its own z_dim; the global one is left as it is
+                local = normalize_2nd_moment(local, (2,))
             g = MLP(**mlp, name="global_mlp")(g)
             local = MLP(**mlp, attention=c.mapping_attention, heads=c.heads, dropout=c.attention_dropout,
                         name="mlp")(local, pos, train=train)
