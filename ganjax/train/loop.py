@@ -74,7 +74,8 @@ class _Sampler:
             in_shardings=(shardings.g_ema_params, shardings.g_ema_buffers, replicated), out_shardings=replicated)
 
     def __call__(self, state) -> np.ndarray:
-        return np.asarray(jax.device_get(self._fn(state.g_ema_params, state.g_ema_buffers, self.z)))
+        images = self._fn(state.g_ema_params, state.g_ema_buffers, self.z)  # replicated on every device
+        return np.asarray(images.addressable_data(0))
 
 
 def _gather(x) -> np.ndarray:

@@ -208,7 +208,7 @@ class Iteration:
         def run(name, fn, batched, *args):
             grads, aux = self._mean(_accumulate(lambda k, *mb: fn(k, *mb, *args), n, keys[name], *batched))
             finite.append(_all_finite(grads))
-            metrics[f"grad_norm/{name}"] = optax.global_norm(grads)
+            metrics[f"grad_norm/{name}"] = optax.tree.norm(grads)
             return grads, aux
 
         grads, aux = run("g_main", self._g_main, (zs["g_main"],), g_params, state.g_buffers, d_params)

@@ -1,0 +1,111 @@
+"""Two processes x 2 CPU devices (jax.distributed + gloo on 127.0.0.1) run the same 2 steps as one
+process with 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+# Runs in each worker process: the same tiny config as tests/test_train_step.py, a global batch built from
+# each process's rows, 2 steps; process 0 writes the metrics and parameter sums.
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    sys.path.insert(0, os.environ["TESTS_DIR"])
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from ganjax import parallel
+    from ganjax.train import setup
+    from test_multihost import config, global_reals, summary
+
+    c = config(process_id=int(sys.argv[1]), port=int(sys.argv[2]))
+    assert parallel.maybe_initialize_distributed(c)
+    assert jax.process_count() == 2 and jax.device_count() == 4
+    tr = setup.build(c, parallel.make_mesh(c))
+    state = tr.init_state()
+    rows = global_reals()
+    lo = jax.process_index() * 4
+    batch = jax.make_array_from_process_local_data(tr.batch_sharding, rows[lo:lo + 4], rows.shape)
+    metrics = []
+    for step in range(2):
+        state, m = tr.train_step(state, batch, step)
+        metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
+    params = multihost_utils.process_allgather((state.g_params, state.d_params), tiled=True)
+    if jax.process_index() == 0:
+        with open(sys.argv[3], "w") as f:
+            json.dump({"metrics": metrics, "params": summary(params)}, f)
+    jax.distributed.shutdown()
+""")
+
+
+def config(process_id=-1, port=0):
+    from ganjax.config import base_config
+
+    c = base_config()
+    m = c.model
+    m.resolution, m.channel_base, m.channel_max = 16, 256, 16
+    m.num_local, m.z_dim, m.w_dim = 2, 8, 8
+    m.mapping_layers, m.attention_end_res, m.mbstd_group, m.attention_dropout = 1, 8, 1, 0.0
+    t = c.train
+    t.batch_size, t.r1_interval, t.noise_mode, t.style_mixing_prob = 8, 1, "const", 0.0
+    p = c.parallel
+    p.strategy, p.mesh_data, p.mesh_fsdp = "fsdp", 2, 2
+    if process_id >= 0:
+        p.distributed, p.coordinator_address = "on", f"127.0.0.1:{port}"
+        p.num_processes, p.process_id = 2, process_id
+    return c
+
+
+def global_reals():
+    return np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+
+
+def summary(params):
+    return [float(np.sum(np.abs(np.asarray(x), dtype=np.float64))) for x in jax.tree.leaves(params)]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
+def test_two_processes_match_one_process(tmp_path):
+    port = _free_port()
+    out = tmp_path / "rank0.json"
+    env = dict(os.environ, TESTS_DIR=os.path.dirname(__file__), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=900)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("multi-process workers timed out")
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    got = json.loads(out.read_text())
+
+    from ganjax import parallel
+    from ganjax.train import setup
+
+    c = config()
+    tr = setup.build(c, parallel.make_mesh(c, jax.devices()[:4]))
+    state = tr.init_state()
+    batch = jax.device_put(global_reals(), tr.batch_sharding)
+    for step in range(2):
+        state, m = tr.train_step(state, batch, step)
+        for k, v in jax.device_get(m).items():
+            np.testing.assert_allclose(got["metrics"][step][k], float(v), rtol=1e-5, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(got["params"], summary(jax.device_get((state.g_params, state.d_params))), rtol=1e-5)

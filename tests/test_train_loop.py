@@ -1,0 +1,110 @@
+"""The training loop end to end on the embedded dataset (16x16): outputs in the workdir, TensorBoard
+events readable by tensorboard, the D loss falls, the skip limit stops a run."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ganjax.config import base_config
+from ganjax.train import loop
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """Both tests compile the same step; a persistent cache lets the second reuse the first's programs."""
+    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def run_config(tmp_path, steps):
+    c = base_config()
+    m = c.model
+    m.resolution, m.channel_base, m.channel_max = 16, 256, 16
+    m.num_local, m.z_dim, m.w_dim = 2, 8, 8
+    m.mapping_layers, m.attention_end_res = 1, 8
+    d = c.data
+    d.dataset, d.num_images, d.data_dir = "shapes", 256, str(tmp_path / "tfds")
+    t = c.train
+    t.batch_size, t.total_kimg = 8, steps * 8 / 1000
+    t.r1_gamma, t.r1_interval = 0.1, 4
+    t.ema_kimg, t.ema_rampup = 0.05, 0.0
+    t.log_every, t.sample_every_kimg, t.sample_grid = 5, 0.16, 4
+    c.checkpoint.every_kimg = 1.0
+    c.parallel.mesh_data = 1  # one device: the loop is under test here, not the sharding
+    return c
+
+
+@pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
+def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
+    c = run_config(tmp_path, steps=40)
+    workdir = tmp_path / "run"
+    final = loop.train(c, str(workdir))
+
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["batch_size"] == 8 and saved["model"]["resolution"] == 16
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for key in ("G/loss", "D/loss", "D/scores_real", "D/scores_fake", "grad_norm/g_main", "grad_norm/d_main",
+                "lr/g", "lr/d", "img_per_sec", "sec_per_kimg", "step_time", "data_wait_share", "kimg"):
+        assert all(np.isfinite(x[key]) for x in lines), key
+    assert lines[-1]["kimg"] == pytest.approx(0.32)
+    assert lines[-1]["lr/d"] == pytest.approx(0.002 * 4 / 5)
+    assert any("D/r1_penalty" in x for x in lines)
+    assert sum(x["skipped"] for x in lines) == 0
+    # The discriminator learns to tell the scenes from the untrained generator's output.
+    assert np.mean([x["D/loss"] for x in lines[-2:]]) < lines[0]["D/loss"] - 0.05, [x["D/loss"] for x in lines]
+    assert final["kimg"] == pytest.approx(0.32)
+
+    samples = sorted(os.listdir(workdir / "samples"))
+    assert samples == ["fakes000000.png", "reals.png"]  # kimg 0.16 and 0.32 floor to 000000: same file
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    events = [f for f in os.listdir(workdir / "tb") if "tfevents" in f]
+    assert len(events) == 1
+    scalars, images = {}, 0
+    for event in EventFileLoader(str(workdir / "tb" / events[0])).Load():
+        for v in event.summary.value:
+            if v.HasField("image"):
+                images += 1
+            elif v.HasField("simple_value"):
+                scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+            elif v.HasField("tensor"):  # newer loaders convert simple values to tensors
+                scalars.setdefault(v.tag, []).append((event.step, float(np.asarray(v.tensor.float_val)[0])))
+    assert [s for s, _ in scalars["D/loss"]] == [x["step"] for x in lines]
+    np.testing.assert_allclose([v for _, v in scalars["D/loss"]], [x["D/loss"] for x in lines], rtol=1e-6)
+    assert images >= 2
+    assert (workdir / "checkpoints").is_dir()
+
+
+@pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
+def test_consecutive_non_finite_steps_stop_the_run(tmp_path, compile_cache, monkeypatch):
+    from ganjax import data
+
+    make_loader = data.make_loader
+
+    class Poisoned:
+        """The real loader, but every batch from the 3rd on is NaN."""
+
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def __next__(self):
+            self.count += 1
+            batch = next(self.inner)
+            return batch * np.nan if self.count > 2 else batch
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(data, "make_loader", lambda *a, **k: Poisoned(make_loader(*a, **k)))
+    c = run_config(tmp_path, steps=40)
+    c.train.max_consecutive_skips = 3
+    with pytest.raises(loop.TrainingStopped, match=r"3 consecutive iterations had a non-finite"):
+        loop.train(c, str(tmp_path / "run"))
