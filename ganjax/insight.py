@@ -56,7 +56,7 @@ def _latent_shape(G):
 
 def attention(G, variables, seeds, *, psi=1.0, noise_mode="const", batch_size=16):
     """(images [N, R, R, C], attention maps [N, T, layers, heads, R, R]) of the seeds."""
-    if G.cfg.num_local < 1 or not G.cfg.attention_layers:
+    if not has_attention(G.cfg):
         raise ValueError("the model has no attention layers (model.num_local = 0 or model.attention = 'none')")
     z, keys = seed_latents(seeds, *_latent_shape(G))
     return render(G, variables, z, keys, psi, noise_mode=noise_mode, return_attention=True, batch_size=batch_size)
@@ -130,3 +130,28 @@ def interpolation(G, variables, seeds, num_frames: int, *, method="slerp", psi=1
     frames_z = slerp(a, b, t) if method == "slerp" else a + t[..., None] * (b - a)
     return render(G, variables, frames_z, jnp.repeat(keys[:1], num_frames, axis=0), psi, noise_mode=noise_mode,
                   batch_size=batch_size)
+
+
+def has_attention(model_cfg) -> bool:
+    """Whether the generator has attention layers (and so attention maps to show)."""
+    return bool(model_cfg.attention_layers)
+
+
+class AttentionSnapshot:
+    """G_ema's attention overlays for fixed latents as one uint8 grid (viz.attention_overlay_grid): the
+    training loop's TensorBoard image. Every process calls it; the result is replicated."""
+
+    def __init__(self, G, mesh, z, alpha: float = 0.6):
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from ganjax import viz
+
+        self._grid = lambda images, attn: viz.attention_overlay_grid(images, attn, alpha)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.z = jax.device_put(z, replicated)
+        self._fn = jax.jit(lambda p, b, z: G.apply({"params": p, "buffers": b}, z, noise_mode="const",
+                                                   return_attention=True), out_shardings=replicated)
+
+    def __call__(self, params, buffers) -> np.ndarray:
+        images, attn = self._fn(params, buffers, self.z)
+        return self._grid(np.asarray(images.addressable_data(0)), np.asarray(attn.addressable_data(0)))

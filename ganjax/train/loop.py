@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ganjax import parallel, viz
+from ganjax import insight, parallel, viz
 from ganjax.train import setup
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
@@ -116,6 +116,12 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     t = config.train
     mesh = parallel.make_mesh(config)
     tr = setup.build(config, mesh)
+    # FID etc. every eval.every_kimg and at the last step (ganjax/evaluate.py). Built here: it loads the
+    # Inception weights, so a missing file stops the run before anything else starts.
+    if float(config.eval.every_kimg) > 0:
+        from ganjax.evaluate import PeriodicEvaluation
+
+        hooks = (*hooks, PeriodicEvaluation(config, tr.G, mesh))
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
@@ -132,6 +138,9 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / batch))
     writer = MetricWriter(workdir, enabled=is_main)
     sampler = _Sampler(tr, int(config.seed), int(t.sample_grid)) if t.sample_every_kimg > 0 else None
+    # TensorBoard also shows which latent owns which region, for the first samples of the grid.
+    overlays = (insight.AttentionSnapshot(tr.G, mesh, sampler.z[:4])
+                if sampler is not None and insight.has_attention(tr.model_cfg) else None)
     samples_dir = os.path.join(workdir, "samples")
     sample_images = round(float(t.sample_every_kimg) * 1000)
     lrs = {f"lr/{w}": adam_hparams(t, w)["lr"] for w in ("g", "d")}
@@ -140,11 +149,14 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
         nonlocal last_sampled
         last_sampled = step
         images = sampler(state)
+        attention = overlays(state.g_ema_params, state.g_ema_buffers) if overlays is not None else None
         if is_main:
             kimg = step * batch / 1000
             grid = viz.image_grid(images)
             viz.save_png(grid, os.path.join(samples_dir, f"fakes{int(kimg):06d}.png"))
             writer.image(step, "samples/fakes", grid)
+            if attention is not None:
+                writer.image(step, "samples/attention", attention)
 
     last = {}
     last_sampled = -1
