@@ -72,6 +72,7 @@ def test_phase_flops_follow_the_backward_rule():
     per = flops.phase_flops_per_image(m, t)
     assert per["g_main"] == pytest.approx(3 * f.g + 2 * f.d)
     assert per["d_main"] == pytest.approx(f.g + 6 * f.d)
+    assert per["d_r1"] == pytest.approx(6 * f.d)
     it = flops.iteration_flops(m, t, 8)
     assert it["iteration"] == pytest.approx(8 * (per["g_main"] + per["d_main"] + per["d_r1"] / 16))
     assert flops.train_flops_per_image(m, t) == pytest.approx(per["g_main"] + per["d_main"] + per["d_r1"] / 16)
