@@ -22,9 +22,9 @@ REFERENCE = {
 
 # The embedded procedural scenes, sized so a run shows learning within minutes on 2 CPU cores.
 CPU = {
-    "shapes32": dict(resolution=32, channel_base=2048, channel_max=64, batch_size=16, total_kimg=12.0,
+    "shapes32": dict(resolution=32, channel_base=2048, channel_max=64, batch_size=16, total_kimg=8.0,
                      sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
-    "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, batch_size=16, total_kimg=12.0,
+    "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, batch_size=16, total_kimg=8.0,
                      sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
 }
 
