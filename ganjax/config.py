@@ -2,7 +2,11 @@
 
 Sections: model (architecture), data (dataset and loader), train (optimisation and loop),
 parallel (mesh and sharding strategy), checkpoint, eval, bench.
+`validate(config, num_devices=None)` checks every section before anything compiles and raises ConfigError
+naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'hinge')`).
 """
+
+import math
 
 import ml_collections
 
@@ -293,17 +297,25 @@ def _same_type(got, want):
     return isinstance(got, type(want))
 
 
-def _resolve_mesh(parallel, num_devices):
-    """(data, fsdp, model) sizes with -1 resolved, or None where it needs the device count."""
-    dims = [parallel.mesh_data, parallel.mesh_fsdp, parallel.mesh_model]
-    if dims.count(-1) == 0:
-        return dims
+def _mesh_problems(p, micro, num_devices):
+    """Mesh shape against the device count (when known) and the micro-batch against the batch shards;
+    returns (problems, resolved (data, fsdp, model) sizes or None where a -1 needs the device count)."""
+    dims = [p.mesh_data, p.mesh_fsdp, p.mesh_model]
+    if dims.count(-1) > 1:
+        return [f"config.parallel.mesh_*: at most one of mesh_data/mesh_fsdp/mesh_model may be -1, got {dims}"], None
+    fixed = math.prod(d for d in dims if d != -1)
     if num_devices is None:
-        return None
-    fixed = 1
-    for d in dims:
-        fixed *= d if d != -1 else 1
-    return [num_devices // fixed if d == -1 else d for d in dims]
+        mesh = None if -1 in dims else dims
+    elif num_devices % fixed if -1 in dims else fixed != num_devices:
+        return [f"config.parallel.mesh_*: mesh {dims} does not fit {num_devices} devices "
+                f"(the product must equal the device count; -1 takes the rest)"], None
+    else:
+        mesh = [num_devices // fixed if d == -1 else d for d in dims]
+    problems = []
+    if mesh is not None and micro % (mesh[0] * mesh[1]):  # the batch is split over the data and fsdp axes
+        problems.append(f"config.train.batch_size: the micro-batch {micro} is not divisible by the "
+                        f"{mesh[0] * mesh[1]} batch shards (mesh_data*mesh_fsdp = {mesh[0]}*{mesh[1]})")
+    return problems, mesh
 
 
 def _cross_field_problems(c, num_devices):
@@ -326,24 +338,8 @@ def _cross_field_problems(c, num_devices):
         problems.append(f"config.train.pl_batch_shrink: {t.pl_batch_shrink} does not divide the micro-batch {micro}")
 
     p = c.parallel
-    dims = [p.mesh_data, p.mesh_fsdp, p.mesh_model]
-    if dims.count(-1) > 1:
-        problems.append(f"config.parallel.mesh_*: at most one of mesh_data/mesh_fsdp/mesh_model may be -1, got {dims}")
-        return problems
-    if num_devices is not None:
-        fixed = 1
-        for d in dims:
-            fixed *= d if d != -1 else 1
-        if (-1 in dims and num_devices % fixed) or (-1 not in dims and fixed != num_devices):
-            problems.append(f"config.parallel.mesh_*: mesh {dims} does not fit {num_devices} devices "
-                            f"(the product must equal the device count; -1 takes the rest)")
-            return problems
-    mesh = _resolve_mesh(p, num_devices)
-    if mesh is not None:
-        shards = mesh[0] * mesh[1]  # the batch is split over the data and fsdp axes
-        if micro % shards:
-            problems.append(f"config.train.batch_size: the micro-batch {micro} is not divisible by the "
-                            f"{shards} batch shards (mesh_data*mesh_fsdp = {mesh[0]}*{mesh[1]})")
+    mesh_problems, mesh = _mesh_problems(p, micro, num_devices)
+    problems += mesh_problems
     if p.num_processes > 0 and not 0 <= p.process_id < p.num_processes:
         problems.append(f"config.parallel.process_id: {p.process_id} is not in [0, {p.num_processes}) "
                         f"(config.parallel.num_processes={p.num_processes})")
