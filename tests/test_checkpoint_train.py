@@ -86,7 +86,7 @@ def start(env, workdir, steps=STEPS, devices=8, **opts):
 
 def run(env, workdir, **kw):
     proc = start(env, workdir, **kw)
-    out = proc.communicate(timeout=900)[0]
+    out = proc.communicate(timeout=2400)[0]
     assert proc.returncode == 0 and "FINISHED" in out, out[-3000:]
     return out
 
@@ -159,7 +159,7 @@ def test_sigterm_finishes_the_step_saves_exits_0_and_resumes(env, reference):
     proc = start(env, workdir)
     wait_for(proc, "step 1/6")
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=600)[0]
+    out = proc.communicate(timeout=2400)[0]
     assert proc.returncode == 0, out[-3000:]
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
     stopped = steps[-1]
@@ -220,7 +220,7 @@ def test_two_processes_hand_over_to_one(env, reference):
     procs = [start(env, workdir, steps=2, devices=4, overrides={
         "parallel.coordinator_address": f"localhost:{port}", "parallel.num_processes": 2,
         "parallel.process_id": i}) for i in range(2)]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
+    outs = [p.communicate(timeout=2400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
     # The 2-process checkpoint restores losslessly in this one process, on 8 devices and on 1.
