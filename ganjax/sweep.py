@@ -96,7 +96,7 @@ def shell_join(argv):
 
 
 def final_metrics(workdir):
-    """The latest value of every key in workdir/metrics.jsonl (later records win; evaluation records
+    """The latest value of every numeric key in workdir/metrics.jsonl (later records win; evaluation records
     interleaved with training logs are merged, so an FID logged before the last train record survives)."""
     path = os.path.join(workdir, "metrics.jsonl")
     merged = {}
@@ -122,8 +122,8 @@ def _flatten(record, prefix=""):
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(_flatten(value, name + "/"))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            out[name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value  # numbers only: record labels ("kind": "eval", checkpoint paths) are not metrics
     return out
 
 

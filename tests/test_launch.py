@@ -44,6 +44,7 @@ def test_local_dry_run():
          "--config.train.total_kimg=1"],
         [".venv/bin/python", "-m", "ganjax", "train", "--config=configs/gansformer.py:shapes32",
          "--workdir=runs/shapes32", "--config.train.total_kimg=1"],
+        [".venv/bin/python", "-m", "ganjax", "eval", "--workdir=runs/shapes32"],  # run when the weights exist
     ]
 
 

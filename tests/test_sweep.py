@@ -57,7 +57,8 @@ def _fake_run(tmp_path, name, overrides, records, status="done"):
 def test_collect_table_and_plot(tmp_path):
     runs = [
         _fake_run(tmp_path, "a", {"model.attention": "official", "model.heads": 1},
-                  [{"step": 1, "loss_g": 3.0}, {"step": 2, "kimg": 0.5, "fid": 90.0}, {"step": 3, "loss_g": 2.0}]),
+                  [{"step": 1, "loss_g": 3.0}, {"kind": "eval", "step": 2, "kimg": 0.5, "fid": 90.0},
+                   {"step": 3, "loss_g": 2.0}]),
         _fake_run(tmp_path, "b", {"model.attention": "official", "model.heads": 2},
                   [{"step": 3, "loss_g": 1.5, "timing": {"sec_per_kimg": 4.0}}]),
         _fake_run(tmp_path, "c", {"model.attention": "simplex", "model.heads": 1}, [{"step": 3, "loss_g": 1.0}]),
