@@ -37,6 +37,7 @@ WORKER = textwrap.dedent("""
     metrics = []
     for step in range(2):
         state, m = tr.train_step(state, batch, step)
+        print("process", jax.process_index(), "step", step, flush=True)
         metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
     params = multihost_utils.process_allgather((state.g_params, state.d_params), tiled=True)
     if jax.process_index() == 0:
@@ -89,11 +90,12 @@ def test_two_processes_match_one_process(tmp_path):
     logs = []
     for p in procs:
         try:
-            logs.append(p.communicate(timeout=900)[0])
+            logs.append(p.communicate(timeout=1800)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("multi-process workers timed out")
+            tails = [q.communicate()[0][-2000:] for q in procs]
+            pytest.fail("multi-process workers timed out; their output:\n" + "\n---\n".join(tails))
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     got = json.loads(out.read_text())
 

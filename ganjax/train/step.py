@@ -253,9 +253,9 @@ PHASE_Z = ("g_main", "g_pl", "d_main")
 class TrainStep:
     """Jitted iteration functions, one per combination of lazy phases, compiled on first use.
 
-    Separate functions rather than lax.cond: XLA compiles each variant once (two for the default R1-only
-    setting) and a plain step carries no dead regulariser branch; see the module docstring of ganjax.bench
-    / the training report for the measurement.
+    Separate functions rather than one program with lax.cond: a plain step carries no regulariser branch
+    (no conditional for XLA to schedule around, no state copies across branches), at the price of one
+    more compilation (two programs for the default R1-only setting).
     """
 
     cfg: StepConfig
@@ -293,6 +293,11 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
         if local % cfg.grad_accum:
             raise ValueError(f"train.grad_accum: the per-device batch {local} is not divisible by it "
                              f"({cfg.grad_accum})")
+        micro = local // cfg.grad_accum
+        group = min(int(config.model.mbstd_group), micro)
+        if group > 0 and micro % group:
+            raise ValueError(f"model.mbstd_group: the per-device micro-batch {micro} of the shard_map strategy "
+                             f"is not divisible by the minibatch-std group {group}")
         iteration = Iteration(G, D, g_opt, d_opt, cfg, axis_names=baxes)
     else:
         iteration = Iteration(G, D, g_opt, d_opt, cfg)
