@@ -73,6 +73,8 @@ def test_gif_has_the_requested_frames_and_size(tmp_path):
 
 # ------------------------------------------------------------------------------------------ tiny generator
 
+B = 2  # one batch shape for every insight call: one compile per (attention or not)
+
 
 @pytest.fixture(scope="module")
 def tiny_g():
@@ -94,7 +96,7 @@ def tiny_g():
 
 def test_attention_overlays_of_a_generator_cover_every_pixel_with_latent_colours(tiny_g):
     G, variables, config = tiny_g
-    images, attn = insight.attention(G, variables, [0, 1, 2])
+    images, attn = insight.attention(G, variables, [0, 1, 2], batch_size=B)
     layers = len(G.cfg.attention_layers)
     assert images.shape == (3, 16, 16, 3) and attn.shape == (3, 3, layers, 1, 16, 16)
     np.testing.assert_allclose(attn.sum(axis=1), 1.0, atol=1e-5)  # softmax over the latents at each position
@@ -105,7 +107,7 @@ def test_attention_overlays_of_a_generator_cover_every_pixel_with_latent_colours
     owners = viz.attention_owners(attn)
     assert owners.shape == (3, layers, 16, 16) and owners.min() >= 0 and owners.max() < 3
     # the images are `ganjax sample`'s images of the same seeds
-    np.testing.assert_allclose(images, sample.generate(G, variables, config, [0, 1, 2], batch_size=3), atol=1e-5)
+    np.testing.assert_allclose(images, sample.generate(G, variables, config, [0, 1, 2]), atol=1e-5)
     grid = viz.attention_overlay_grid(images, attn)
     assert grid.shape == (3 * 16, (1 + layers) * 16, 3)
 
@@ -124,7 +126,7 @@ def test_variation_latents_replace_exactly_one_component():
 
 def test_latent_variation_rows(tiny_g):
     G, variables, config = tiny_g
-    table = insight.latent_variation(G, variables, seed=5, num_variations=2)
+    table = insight.latent_variation(G, variables, seed=5, num_variations=2, batch_size=B)
     k = G.cfg.num_latents
     assert table.shape == (k, 3, 16, 16, 3)
     base = sample.generate(G, variables, config, [5])[0]
@@ -139,7 +141,7 @@ def test_latent_variation_rows(tiny_g):
 def test_truncation_sweep_psi0_is_the_w_avg_image(tiny_g):
     G, variables, config = tiny_g
     psis = [0.0, 0.5, 1.0]
-    table = insight.truncation_sweep(G, variables, [0, 1], psis)
+    table = insight.truncation_sweep(G, variables, [0, 1], psis, batch_size=B)
     assert table.shape == (2, 3, 16, 16, 3)
     m = G.cfg
     w_avg = variables["buffers"]["mapping_network"]["w_avg"]
@@ -155,7 +157,7 @@ def test_truncation_sweep_psi0_is_the_w_avg_image(tiny_g):
 @pytest.mark.parametrize("method", ["slerp", "lerp"])
 def test_interpolation_runs_from_the_first_seed_to_the_last(tiny_g, method, tmp_path):
     G, variables, config = tiny_g
-    frames = insight.interpolation(G, variables, [3, 4, 9], num_frames=7, method=method)
+    frames = insight.interpolation(G, variables, [3, 4, 9], num_frames=7, method=method, batch_size=B)
     assert frames.shape == (7, 16, 16, 3)
     ends = sample.generate(G, variables, config, [3, 4, 9])
     np.testing.assert_allclose(frames[0], ends[0], atol=1e-4)
@@ -172,3 +174,39 @@ def test_slerp_keeps_the_norm_between_orthogonal_vectors():
     mid = insight.slerp(a, b, jnp.array([0.5]))
     np.testing.assert_allclose(mid, [[np.sqrt(0.5), np.sqrt(2.0)]], atol=1e-6)
     np.testing.assert_allclose(insight.slerp(a, a, jnp.array([0.3])), a, atol=1e-6)  # parallel: lerp
+
+
+@pytest.mark.slow  # a subprocess compiling three generator programs
+def test_sample_command_writes_every_insight_output(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ganjax.checkpoint import Checkpointer
+    from test_export import fake_train_state, init_generator, tiny_config
+
+    config = tiny_config()
+    G, variables = init_generator(config)
+    mesh, state = fake_train_state(variables, 0.0)
+    ck = Checkpointer(str(tmp_path / "run"), config, mesh)
+    assert ck.maybe_save(1, state, force=True)
+    ck.close()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganjax", "sample", "--checkpoint", str(tmp_path / "run"), "--seeds", "0-2",
+         "--attention", str(out / "a.png"), "--variation", str(out / "v.png"), "--variations", "2",
+         "--truncation", str(out / "t.png"), "--truncation_psis", "0,0.5,1", "--interpolation", str(out / "i.gif"),
+         "--frames", "5"],
+        cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    layers = len(G.cfg.attention_layers)
+    k = G.cfg.num_latents
+    sizes = {name: PIL.Image.open(out / name).size for name in ("a.png", "v.png", "t.png")}
+    assert sizes == {"a.png": ((1 + layers) * 16, 3 * 16), "v.png": (3 * 16, k * 16), "t.png": (3 * 16, 3 * 16)}
+    with PIL.Image.open(out / "i.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (16, 16)
+    # the PNG is the overlay grid of the checkpoint's G_ema (one level of slack for float differences)
+    grid = np.asarray(PIL.Image.open(out / "a.png").convert("RGB")).astype(int)
+    images, attn = insight.attention(G, variables, [0, 1, 2])
+    assert np.abs(grid - viz.attention_overlay_grid(images, attn)).max() <= 1

@@ -1,4 +1,11 @@
-"""`ganjax sample --checkpoint PATH [--n 64 | --seeds 1,2,5-9] [--psi 0.7] (--out grid.png | --out_dir DIR)`.
+"""`ganjax sample --checkpoint PATH [--n 64 | --seeds 1,2,5-9] [--psi 0.7] (--out grid.png | --out_dir DIR)`
+plus GANsformer's insight outputs, each written when its path is given (any combination):
+  --attention a.png       rows = seeds, columns = the image, then per attention layer which latent owns each
+                          region (argmax over latents of the head-averaged maps), one colour per latent
+  --variation v.png       the first seed with one latent component resampled per row (last row: the global
+                          latent), --variations columns after the unmodified image
+  --truncation t.png      rows = seeds, columns = --truncation_psis (0 = the w_avg image)
+  --interpolation i.gif   --frames frames through the seeds' latents in order (--interp slerp|lerp)
 
 PATH is an exported generator (`ganjax export`), a workdir, its checkpoints dir or one step dir. Seed s
 always gives the same image, whatever else is sampled with it: z = normal(jax.random.key(s), [k, z_dim]),
@@ -23,6 +30,16 @@ flags.DEFINE_alias("out-dir", "out_dir")
 flags.DEFINE_integer("cols", 0, "grid columns (0 = ceil(sqrt(number of images)))")
 flags.DEFINE_integer("batch_size", 16, "images per generator call")
 flags.DEFINE_integer("step", None, "training step to load from a workdir (default: the latest)")
+flags.DEFINE_string("attention", "", "write the attention-map overlays of the seeds here (PNG)")
+flags.DEFINE_float("alpha", 0.6, "weight of the latent colours over the image in --attention (1 = colours only)")
+flags.DEFINE_string("variation", "", "write the per-latent variation grid of the first seed here (PNG)")
+flags.DEFINE_integer("variations", 6, "resampled versions of each latent component in --variation")
+flags.DEFINE_string("truncation", "", "write a truncation sweep of the seeds here (PNG)")
+flags.DEFINE_string("truncation_psis", "-1,-0.5,0,0.5,1", "comma list of psi values of --truncation")
+flags.DEFINE_string("interpolation", "", "write a latent interpolation through the seeds here (GIF)")
+flags.DEFINE_integer("frames", 48, "frames of --interpolation")
+flags.DEFINE_enum("interp", "slerp", ["slerp", "lerp"], "interpolation in z of --interpolation")
+flags.DEFINE_float("fps", 12.0, "frames per second of --interpolation")
 FLAGS = flags.FLAGS
 
 
@@ -76,14 +93,23 @@ def generate(G, variables, config, seeds, *, psi=1.0, noise_mode="const", batch_
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"ganjax sample takes no positional arguments (got {argv[1:]})")
-    if not FLAGS.out and not FLAGS.out_dir:
-        raise SystemExit("ganjax sample: give --out grid.png and/or --out_dir DIR")
+    outputs = (FLAGS.out, FLAGS.out_dir, FLAGS.attention, FLAGS.variation, FLAGS.truncation, FLAGS.interpolation)
+    if not any(outputs):
+        raise SystemExit("ganjax sample: give --out grid.png and/or --out_dir DIR (or an insight output: "
+                         "--attention, --variation, --truncation, --interpolation)")
     if FLAGS.n < 1 or FLAGS.batch_size < 1:
         raise SystemExit("ganjax sample: --n and --batch_size must be >= 1")
+    if FLAGS.variations < 1 or FLAGS.frames < 2 or FLAGS.fps <= 0 or not 0 <= FLAGS.alpha <= 1:
+        raise SystemExit("ganjax sample: --variations >= 1, --frames >= 2, --fps > 0, 0 <= --alpha <= 1")
     try:
         seeds = parse_seeds(FLAGS.seeds) if FLAGS.seeds else list(range(FLAGS.n))
+        psis = [float(p) for p in FLAGS.truncation_psis.split(",") if p.strip()]
     except ValueError as e:
-        raise SystemExit(f"ganjax sample: {e}") from None
+        raise SystemExit(f"ganjax sample: {e} (--seeds / --truncation_psis)") from None
+    if FLAGS.truncation and not psis:
+        raise SystemExit("ganjax sample: --truncation_psis is empty")
+    if FLAGS.interpolation and len(seeds) < 2:
+        raise SystemExit("ganjax sample: --interpolation needs at least 2 seeds")
 
     from ganjax import viz
     from ganjax.checkpoint import CheckpointError, load_generator
@@ -92,8 +118,9 @@ def main(argv):
         G, variables, config = load_generator(FLAGS.checkpoint, step=FLAGS.step)
     except CheckpointError as e:
         raise SystemExit(f"ganjax sample: {e}") from None
-    images = generate(G, variables, config, seeds, psi=FLAGS.psi, noise_mode=FLAGS.noise_mode,
-                      batch_size=min(FLAGS.batch_size, len(seeds)))
+    if FLAGS.out or FLAGS.out_dir:
+        images = generate(G, variables, config, seeds, psi=FLAGS.psi, noise_mode=FLAGS.noise_mode,
+                          batch_size=min(FLAGS.batch_size, len(seeds)))
     if FLAGS.out:
         viz.save_image_grid(images, FLAGS.out, cols=FLAGS.cols or None)
         print(f"wrote a grid of {len(seeds)} images to {FLAGS.out}")
@@ -101,3 +128,30 @@ def main(argv):
         for seed, img in zip(seeds, images):
             viz.save_png(viz.to_uint8(img), os.path.join(FLAGS.out_dir, f"seed{seed:04d}.png"))
         print(f"wrote {len(seeds)} images to {FLAGS.out_dir}")
+    _insight_outputs(G, variables, seeds, psis)
+
+
+def _insight_outputs(G, variables, seeds, psis):
+    from ganjax import insight, viz
+
+    common = dict(noise_mode=FLAGS.noise_mode, batch_size=FLAGS.batch_size)
+    if FLAGS.attention:
+        try:
+            images, attn = insight.attention(G, variables, seeds, psi=FLAGS.psi, **common)
+        except ValueError as e:
+            raise SystemExit(f"ganjax sample --attention: {e}") from None
+        viz.save_png(viz.attention_overlay_grid(images, attn, FLAGS.alpha), FLAGS.attention)
+        print(f"wrote attention overlays ({len(seeds)} seeds x {attn.shape[2]} layers) to {FLAGS.attention}")
+    if FLAGS.variation:
+        table = insight.latent_variation(G, variables, seeds[0], FLAGS.variations, psi=FLAGS.psi, **common)
+        viz.save_png(viz.table_grid(table), FLAGS.variation)
+        print(f"wrote per-latent variation of seed {seeds[0]} ({len(table)} components) to {FLAGS.variation}")
+    if FLAGS.truncation:
+        table = insight.truncation_sweep(G, variables, seeds, psis, **common)
+        viz.save_png(viz.table_grid(table), FLAGS.truncation)
+        print(f"wrote a truncation sweep (psi {psis}) to {FLAGS.truncation}")
+    if FLAGS.interpolation:
+        frames = insight.interpolation(G, variables, seeds, FLAGS.frames, method=FLAGS.interp, psi=FLAGS.psi,
+                                       **common)
+        viz.save_gif(frames, FLAGS.interpolation, fps=FLAGS.fps)
+        print(f"wrote a {FLAGS.frames}-frame {FLAGS.interp} interpolation to {FLAGS.interpolation}")
