@@ -132,6 +132,14 @@ def test_upfirdn2d_matches_numpy(up, down, pad, gain):
     np.testing.assert_allclose(got, np_upfirdn2d(x, F, up, down, pad, gain), atol=1e-5, rtol=1e-5)
 
 
+def test_upfirdn2d_long_axes_use_taps_and_agree():
+    from ganjax.nn import resample
+    x = randn(1, resample.MATRIX_MAX_LEN + 6, 5, 2)  # H: shifted taps; W: the resampling matrix
+    for up, down, pad, gain in ((2, 1, (2, 1, 2, 1), 4.0), (1, 2, (1, 1, 1, 1), 1.0), (1, 1, (1, 1, 1, 1), 4.0)):
+        got = upfirdn2d(jnp.asarray(x), F, up=up, down=down, padding=pad, gain=gain)
+        np.testing.assert_allclose(got, np_upfirdn2d(x, F, up, down, pad, gain), atol=1e-5, rtol=1e-5)
+
+
 def test_up_down_sample_shapes_and_dc_gain():
     x = jnp.ones((1, 8, 8, 2))
     up, down = upsample2d(x), downsample2d(x)

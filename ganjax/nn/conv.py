@@ -8,7 +8,7 @@
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
 `conv2d_transpose` is torch's conv_transpose2d (stride s, no padding, kernel not flipped): in the
-'matmul' form it is one matmul to all kernel taps followed by a polyphase scatter of the taps.
+'matmul' form each of the s*s output phases is a small shifted-slices-and-matmul correlation of the input.
 """
 
 import functools
@@ -102,23 +102,23 @@ def conv2d_transpose(x, w, *, stride: int = 2, impl: str | None = None):
                                      feature_group_count=b)
         return y.reshape(y.shape[1], y.shape[2], b, cout).transpose(2, 0, 1, 3)
     b, h, wd, _ = x.shape
-    # One matmul to every tap: z[..., p, q, :] = x @ w[p, q].
-    wk = jnp.moveaxis(w.reshape(w.shape[:-4] + (kh * kw, cin, cout)), -3, -2)  # [..., Cin, kh*kw, Cout]
-    wk = wk.reshape(w.shape[:-4] + (cin, kh * kw * cout))
-    z = _apply_kernel(x, wk).reshape(b, h, wd, kh, kw, cout)
-    # Polyphase scatter: output row s*m + a collects taps p = a + s*t from input row m - t.
+    # Polyphase: output row s*m + a collects taps p = a + s*t from input row m - t, so each of the s*s
+    # output phases is a small correlation of the (padded) input: shifted input slices concatenated on
+    # channels times the phase's taps, as in conv2d. No zero-filled input, no scatter.
     th, tw = -(-kh // s), -(-kw // s)  # taps per phase (ceil)
     mh, mw = h - 1 + th, wd - 1 + tw  # rows/cols per phase
+    xp = jnp.pad(x, ((0, 0), (th - 1, th - 1), (tw - 1, tw - 1), (0, 0)))
     phases = []
     for a in range(s):
         row = []
         for c in range(s):
-            acc = jnp.zeros((b, mh, mw, cout), x.dtype)
-            for t in range((kh - a + s - 1) // s if a < kh else 0):
-                for u in range((kw - c + s - 1) // s if c < kw else 0):
-                    tap = z[:, :, :, a + s * t, c + s * u, :]
-                    acc = acc + jnp.pad(tap, ((0, 0), (t, th - 1 - t), (u, tw - 1 - u), (0, 0)))
-            row.append(acc)
+            taps = [(t, u) for t in range(-(-(kh - a) // s)) for u in range(-(-(kw - c) // s))]
+            if not taps:  # kernel smaller than the stride: this phase gets nothing
+                row.append(jnp.zeros((b, mh, mw, cout), x.dtype))
+                continue
+            cols = [xp[:, th - 1 - t:th - 1 - t + mh, tw - 1 - u:tw - 1 - u + mw, :] for t, u in taps]
+            wk = jnp.concatenate([w[..., a + s * t, c + s * u, :, :] for t, u in taps], axis=-2)
+            row.append(_apply_kernel(cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1), wk))
         phases.append(jnp.stack(row, axis=3))  # [B, mh, mw, s(c), C]
     y = jnp.stack(phases, axis=2)  # [B, mh, s(a), mw, s(c), C]
     y = y.reshape(b, mh * s, mw * s, cout)

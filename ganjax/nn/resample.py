@@ -5,9 +5,10 @@ The filter is 1-D and separable (the 2-D filter is its outer product), applied a
 weighted sums of shifted slices: no convolution op, cheap on every backend.
 """
 
-import numpy as np
+import functools
+
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 DEFAULT_FILTER = (1.0, 3.0, 3.0, 1.0)
 
@@ -20,23 +21,48 @@ def setup_filter(f=DEFAULT_FILTER) -> np.ndarray:
     return f / f.sum()
 
 
+# Axes up to this length are resampled by one matmul with a banded [n_out, n_in] matrix (more FLOPs, but one
+# fused dot instead of pad/slice/multiply-add chains, which XLA:CPU runs slowly); longer axes use the taps.
+MATRIX_MAX_LEN = 64
+
+
+@functools.cache
+def _resample_matrix(n, taps, up, down, p0, p1, gain):
+    """The 1-D upfirdn as a [n_out, n_in] matrix: the tap form applied to the identity."""
+    eye = np.eye(n, dtype=np.float64)
+    return np.asarray(_upfirdn_taps(eye, np.asarray(taps), up, down, p0, p1, 0, gain, xp=np), np.float32)
+
+
 def _upfirdn_axis(x, f, up, down, p0, p1, axis, gain):
     n = x.shape[axis]
+    if n <= MATRIX_MAX_LEN:
+        m = jnp.asarray(_resample_matrix(n, tuple(float(t) for t in f), up, down, p0, p1, float(gain)), x.dtype)
+        dims = "abcdefgh"[:x.ndim]
+        out = dims[:axis] + "z" + dims[axis + 1:]
+        return jnp.einsum(f"z{dims[axis]},{dims}->{out}", m, x)
+    return _upfirdn_taps(x, f, up, down, p0, p1, axis, gain)
+
+
+def _upfirdn_taps(x, f, up, down, p0, p1, axis, gain, xp=jnp):
+    """Zero insertion, pad/crop, len(f) shifted multiply-adds, subsampling along one axis."""
+    n = x.shape[axis]
     if up > 1:
-        x = jnp.expand_dims(x, axis + 1)
+        x = xp.expand_dims(x, axis + 1)
         pad = [(0, 0)] * x.ndim
         pad[axis + 1] = (0, up - 1)
-        x = jnp.pad(x, pad)
+        x = xp.pad(x, pad)
         shape = list(x.shape)
         shape[axis:axis + 2] = [n * up]
         x = x.reshape(shape)
     # Pad (positive) then crop (negative padding).
     pad = [(0, 0)] * x.ndim
     pad[axis] = (max(p0, 0), max(p1, 0))
-    x = jnp.pad(x, pad)
+    x = xp.pad(x, pad)
     start, stop = max(-p0, 0), x.shape[axis] - max(-p1, 0)
     if start or stop != x.shape[axis]:
-        x = lax.slice_in_dim(x, start, stop, axis=axis)
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(start, stop)
+        x = x[tuple(sl)]
     # True convolution (filter flipped), 'valid' extent.
     taps = f[::-1] * gain
     length = x.shape[axis] - len(taps) + 1
@@ -44,7 +70,7 @@ def _upfirdn_axis(x, f, up, down, p0, p1, axis, gain):
     for t, c in enumerate(taps):
         sl = [slice(None)] * x.ndim
         sl[axis] = slice(t, t + length)
-        term = x[tuple(sl)] * jnp.asarray(c, x.dtype)
+        term = x[tuple(sl)] * xp.asarray(c, x.dtype)
         out = term if out is None else out + term
     if down > 1:
         sl = [slice(None)] * x.ndim
