@@ -1,6 +1,5 @@
 """Synthesis network: ws [B, k, num_ws, w_dim] -> image [B, R, R, C] (+ attention maps)."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
