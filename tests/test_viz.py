@@ -210,3 +210,26 @@ def test_sample_command_writes_every_insight_output(tmp_path):
     grid = np.asarray(PIL.Image.open(out / "a.png").convert("RGB")).astype(int)
     images, attn = insight.attention(G, variables, [0, 1, 2])
     assert np.abs(grid - viz.attention_overlay_grid(images, attn)).max() <= 1
+
+
+def test_attention_snapshot_reads_back_from_tensorboard(tiny_g, tmp_path):
+    import io
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from ganjax.train.summary import MetricWriter
+
+    G, variables, _ = tiny_g
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    z = jax.random.normal(jax.random.key(0), (2, G.cfg.num_latents, G.cfg.z_dim))
+    grid = insight.AttentionSnapshot(G, mesh, z)(variables["params"], variables["buffers"])
+    layers = len(G.cfg.attention_layers)
+    assert grid.shape == (2 * 16, (1 + layers) * 16, 3) and grid.dtype == np.uint8
+    writer = MetricWriter(str(tmp_path))
+    writer.image(7, "samples/attention", grid)
+    writer.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    (event,) = acc.Images("samples/attention")
+    assert event.step == 7 and (event.width, event.height) == (grid.shape[1], grid.shape[0])
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(io.BytesIO(event.encoded_image_string))), grid)
