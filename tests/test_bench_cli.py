@@ -114,20 +114,21 @@ def test_scaling_report_for_ffhq256_on_h100():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train step draws z replicated: G runs on the full batch on every "
-                   "device and only D's gradients are all-reduced (fix: constrain zs to the batch axes)")
-def test_dp_train_step_all_reduces_every_gradient_once():
+def test_dp_train_step_all_reduces_every_gradient():
     """dp=2: a plain iteration all-reduces G's gradients (G main) and D's (D main): by the ring formula
-    2 (n-1)/n x 4 bytes x (G + D params) = 4 (G + D) bytes per device. Tolerance: parameters that get no
-    gradient (the unused affine layers without global modulation) may be dropped, mbstd adds a little."""
+    2 (n-1)/n x 4 bytes x (G + D params) = 4 (G + D) bytes per device, at least."""
     from ganjax.bench import hlo_comm, run
     from ganjax.bench.sweep import apply_mesh
 
     c = _load("configs/bench.py", "cpu_small")
     c.model.update(dict(resolution=8, channel_base=64, channel_max=8, num_local=2))
     c.train.batch_size, c.train.r1_gamma = 4, 0.0
+    c.model.mbstd_group = 1  # groups spanning devices would add their own small all-reduces
     apply_mesh(c, {"data": 2, "fsdp": 1, "model": 1})
     (_, compiled), = run.compile_variants(c, 2).values()
     sent = hlo_comm.compiled_comm(compiled, 2)["total_ring_bytes"]
     mf = flops.model_flops(c.model)
-    assert 0.7 * 4 * (mf.g_params + mf.d_params) < sent < 1.1 * 4 * (mf.g_params + mf.d_params)
+    ideal = 4 * (mf.g_params + mf.d_params)
+    # Every gradient is reduced (>= ideal; without the batch-sharded latents G's were missing, 0.25x).
+    # XLA reduces the partial gradients of D's real and fake passes separately, so D costs ~2x its size.
+    assert 0.95 * ideal < sent < 2.0 * ideal

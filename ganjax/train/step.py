@@ -308,8 +308,10 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
             k_next, k_z, k_iter = jax.random.split(key, 3)
             zs = {name: jax.random.normal(jax.random.fold_in(k_z, i), z_shape, jnp.float32)
                   for i, name in enumerate(PHASE_Z)}
+            # Latents are split over the batch axes like the reals, so G's work is split too (without the
+            # constraint XLA may run G replicated on the full batch on every device).
+            zs = jax.lax.with_sharding_constraint(zs, NamedSharding(mesh, bspec))
             if strategy == "shard_map":
-                zs = jax.lax.with_sharding_constraint(zs, NamedSharding(mesh, bspec))
                 body = jax.shard_map(
                     lambda s, r, z, kk: iteration(s, r, z, kk, do_r1=do_r1, do_pl=do_pl),
                     mesh=mesh, in_specs=(PartitionSpec(), bspec, bspec, PartitionSpec()),
