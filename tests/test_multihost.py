@@ -110,4 +110,8 @@ def test_two_processes_match_one_process(tmp_path):
         state, m = tr.train_step(state, batch, step)
         for k, v in jax.device_get(m).items():
             np.testing.assert_allclose(got["metrics"][step][k], float(v), rtol=1e-5, atol=1e-7, err_msg=k)
-    np.testing.assert_allclose(got["params"], summary(jax.device_get((state.g_params, state.d_params))), rtol=1e-5)
+    # Per-leaf sums of |param|. Adam with beta1 = 0 moves a parameter by ~lr * sign(grad) in its first
+    # steps, so a leaf whose gradient is ~0 (e.g. a noise strength under const noise) can flip sign from
+    # float reduction-order noise: allow two such lr-sized moves (lr_g = 0.002) besides 1e-5 relative.
+    np.testing.assert_allclose(got["params"], summary(jax.device_get((state.g_params, state.d_params))), rtol=1e-5,
+                               atol=4e-3)
