@@ -11,11 +11,8 @@ PyTorch code was measured on them: `ganjax bench --config configs/bench.py:<pres
 
 Training as measured: G main + D main every iteration, R1 (gamma 10) every 16th, path length off, style
 mixing 0.9, EMA half-life 10 kimg, Adam(beta1 0, beta2 0.99, eps 1e-8), attention as released (k-means, 1
-iteration, 1 head, multiplicative integration, layer norm), fp32. Optimiser: the reference keeps G's lazy
-scaling (interval 4) even with path length off, so its G Adam runs at lr 0.002 * 4/5 = 0.0016 and beta2
-0.99^(4/5); ganjax scales G only when path length is on, so lr_g = 0.0016 is set here and G's beta2 stays
-0.99 (ganjax has one beta2 for both networks; the optimiser's cost does not depend on it).
-D: lr 0.002 and beta2 0.99, which ganjax scales by 16/17 for R1 exactly as the reference.
+iteration, 1 head, multiplicative integration, layer norm), fp32. Optimiser: lazy-regularisation scaling as the reference (G by 4/5 with path length off: lr 0.0016,
+beta2 0.99^0.8), D: lr 0.002 and beta2 0.99, which ganjax scales by 16/17 for R1 exactly as the reference.
 """
 
 from ganjax import presets
@@ -62,7 +59,7 @@ def get_config(arg=None):
     t = c.train
     t.batch_size = BATCH[name]
     t.loss, t.style_mixing_prob, t.noise_mode = "logistic", 0.9, "random"
-    t.lr_g, t.lr_d, t.beta1, t.beta2, t.eps = 0.0016, 0.002, 0.0, 0.99, 1e-8
+    t.lr_g, t.lr_d, t.beta1, t.beta2, t.eps = 0.002, 0.002, 0.0, 0.99, 1e-8
     t.r1_gamma, t.r1_interval = 10.0, 16
     t.pl_weight, t.pl_interval = 0.0, 4
     t.ema_kimg, t.ema_rampup = 10.0, 0.0

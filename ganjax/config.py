@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.r1_gamma = 10.0
     t.r1_interval = 16  # lazy regularisation interval for D (0 = no R1)
     t.pl_weight = 0.0  # path-length regularisation (0 = off)
-    t.pl_interval = 4
+    t.pl_interval = 4  # lazy interval of path length; G's Adam is scaled by it even with PL off (reference)
     t.pl_decay = 0.01
     t.pl_batch_shrink = 2
     t.style_mixing_prob = 0.9

@@ -38,17 +38,18 @@ def test_ema_half_life_and_rampup():
 
 
 def test_lazy_regularisation_scaling_matches_reference():
+    """StyleGAN2-ADA / GANsformer scale both Adams by their intervals whatever the regulariser weights."""
     t = base_config().train
     t.lr_g = t.lr_d = 0.002
-    t.r1_interval, t.r1_gamma, t.pl_weight = 16, 10.0, 0.0
+    t.r1_interval, t.r1_gamma, t.pl_weight, t.pl_interval = 16, 10.0, 0.0, 4
     g, d = state_lib.adam_hparams(t, "g"), state_lib.adam_hparams(t, "d")
-    assert g == {"lr": 0.002, "b1": 0.0, "b2": 0.99}  # no PL: no scaling
+    assert g["lr"] == pytest.approx(0.002 * 0.8) and g["b2"] == pytest.approx(0.99 ** 0.8)  # PL off: still 4/5
+    assert g["b1"] == 0.0
     assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["b2"] == pytest.approx(0.99 ** (16 / 17))
-    t.pl_weight, t.pl_interval = 2.0, 4
-    g = state_lib.adam_hparams(t, "g")
-    assert g["lr"] == pytest.approx(0.002 * 0.8) and g["b2"] == pytest.approx(0.99 ** 0.8)
-    t.r1_gamma = 0.0  # no R1: D is not scaled either
-    assert state_lib.adam_hparams(t, "d")["lr"] == 0.002
+    t.r1_gamma = 0.0  # weight 0 does not change the scaling
+    assert state_lib.adam_hparams(t, "d")["lr"] == pytest.approx(0.002 * 16 / 17)
+    t.pl_interval = t.r1_interval = 0  # interval 0: no lazy phase, no scaling
+    assert state_lib.adam_hparams(t, "g")["lr"] == 0.002 and state_lib.adam_hparams(t, "d")["lr"] == 0.002
 
 
 def test_adam_matches_torch():

@@ -40,8 +40,12 @@ def d_reg_interval(train) -> int:
 
 
 def adam_hparams(train, which: str) -> dict:
-    """lr, b1, b2 of G's ('g') or D's ('d') Adam after lazy-regularisation scaling."""
-    interval = g_reg_interval(train) if which == "g" else d_reg_interval(train)
+    """lr, b1, b2 of G's ('g') or D's ('d') Adam after lazy-regularisation scaling.
+
+    As in the reference (StyleGAN2-ADA's training loop, which GANsformer keeps), the scaling follows the
+    configured intervals (G: pl_interval, D: r1_interval) even when that regulariser's weight is 0: the
+    reference's default G Adam runs at lr 0.002 * 4/5 and beta2 0.99 ** (4/5) with path length off."""
+    interval = int(train.pl_interval) if which == "g" else int(train.r1_interval)
     ratio = lazy_ratio(interval)
     lr = train.lr_g if which == "g" else train.lr_d
     return {"lr": lr * ratio, "b1": train.beta1 ** ratio, "b2": train.beta2 ** ratio}
