@@ -123,6 +123,20 @@ def test_scalars_without_sharding_are_replicated_on_current_mesh(tmp_path):
     assert extras["metrics_history"] == []
 
 
+def test_checkpoint_without_loader_state_starts_the_loader_fresh(tmp_path):
+    """Converted released weights are saved with no data position: fine-tuning reads from the start."""
+    mesh, state = dp8_state()
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    ck.maybe_save(0, state, force=True)
+    ck.close()
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    loader = FakeLoader(position=0)
+    restored, _ = ck.restore(abstract_like(state, lambda x: x.sharding), loader)
+    ck.close()
+    assert loader.position == 0
+    assert_tree_equal(restored, state)
+
+
 def test_async_save_survives_donation_of_the_saved_arrays(tmp_path):
     """The loop donates the state to the next step right after maybe_save returns."""
     mesh, state = dp8_state()

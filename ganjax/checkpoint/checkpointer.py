@@ -213,9 +213,9 @@ class Checkpointer:
                 metrics_history=ocp.args.JsonRestore(),
             ),
         )
-        if loader is not None:
-            if not restored["loader"]:
-                raise CheckpointError(f"checkpoint {self.directory}/{step} has no data loader state to resume")
+        # A checkpoint saved without a loader (e.g. converted released weights, to fine-tune) has no data
+        # position: the loader then starts at the beginning of its stream.
+        if loader is not None and restored["loader"]:
             loader.set_state(restored["loader"])
         self._last_step = step
         extras = {"metrics_history": list(restored["metrics_history"]["history"]), "config": restored["config"]}
