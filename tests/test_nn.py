@@ -114,7 +114,8 @@ def test_conv_impls_agree_with_gradients():
         for a, b in zip(ga, gb):
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
         np.testing.assert_allclose(fn(x, w, "matmul"), fn(x, w, "xla"), atol=1e-5, rtol=1e-5)
-    assert default_impl() == "matmul"  # the tests run on CPU
+    # The tests run on CPU: XLA's conv for shared kernels, matmul forms for per-sample and transposed convs.
+    assert [default_impl(op) for op in ("conv", "grouped", "transpose")] == ["xla", "matmul", "matmul"]
 
 
 def test_conv_impl_rejects_unknown():

@@ -110,18 +110,31 @@ class BipartiteAttention(nn.Module):
         if self.kind == "official":
             if px is None:
                 raise ValueError("official attention needs grid positions (x_pos)")
-            # The reference splits concat[Q, P] (not Q and P separately) into heads.
-            elements = split_heads(jnp.concatenate([q_plain, jnp.broadcast_to(px, q_plain.shape)], axis=-1), n)
-            elements = elements.astype(jnp.float32)  # [B, N, F, 2S]
             att_weight = boxed_param(self, "att_weight", constant(1.0), (n, 1, 2 * s), (None, None, None))
             centroids = boxed_param(self, "centroids", jax.nn.initializers.normal(1.0), (1, n, t, 2 * s),
                                     (None, None, "latents", None))
-            cents = jnp.broadcast_to(centroids, (b, n, t, 2 * s))
-            probs = None
-            for i in range(self.kmeans_iters):
-                if i > 0:
-                    cents = jnp.einsum("bntf,bnfd->bntd", assignments(probs), elements)
-                logits = jnp.einsum("bnfd,bntd->bnft", elements * att_weight, cents) * scale
+            # The reference splits E = concat[Q, P] ([B, F, 2D]) into heads of 2S. E is never built here:
+            # each head's centroids are scattered into that head's 2S columns of a zero [.., N, T, 2D] tensor
+            # (masked), and the contraction is split into its Q half (batched) and its P half (P has no batch
+            # axis, so it is one small matmul whose gradient needs no reduction over a broadcast batch).
+            mask = jnp.asarray(np.kron(np.eye(n, dtype=np.float32), np.ones((1, 2 * s), np.float32)))  # [N, 2D]
+            q32, p32 = q_plain.astype(jnp.float32), px[0].astype(jnp.float32)
+
+            def spread(cents):  # [.., N, T, 2S] -> [.., N, T, 2D], zero outside each head's columns
+                full = jnp.tile(cents, (1,) * (cents.ndim - 1) + (n,))
+                return full * mask[:, None, :]
+
+            weight = spread(att_weight * centroids[0] * scale)  # [N, T, 2D]
+            logits = (jnp.einsum("bfc,ntc->bnft", q32, weight[..., :self.dim])
+                      + jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:]))
+            probs = self._softmax_dropout(logits, train)
+            for _ in range(1, self.kmeans_iters):
+                a = assignments(probs)  # [B, N, T, F]
+                cents = jnp.concatenate([jnp.einsum("bntf,bfc->bntc", a, q32),
+                                         jnp.einsum("bntf,fc->bntc", a, p32)], axis=-1)  # [B, N, T, 2D]
+                weight = cents * mask[:, None, :] * spread(att_weight * scale)
+                logits = (jnp.einsum("bfc,bntc->bnft", q32, weight[..., :self.dim])
+                          + jnp.einsum("fc,bntc->bnft", p32, weight[..., self.dim:]))
                 probs = self._softmax_dropout(logits, train)
         elif self.kind == "simplex":
             logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries, n).astype(jnp.float32),
