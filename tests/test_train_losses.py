@@ -61,7 +61,8 @@ def test_adam_matches_torch():
     p, s = jnp.asarray(p0), g_opt.init(jnp.asarray(p0))
     update = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(*g_opt.update(g, s, p)))
     tp = torch.nn.Parameter(torch.tensor(p0))
-    topt = torch.optim.Adam([tp], lr=t.lr_g, betas=(t.beta1, t.beta2), eps=t.eps)
+    h = state_lib.adam_hparams(t, "g")  # lazy-scaled lr and betas
+    topt = torch.optim.Adam([tp], lr=h["lr"], betas=(h["b1"], h["b2"]), eps=t.eps)
     for g in grads:
         p, s = update(jnp.asarray(g), s, p)
         tp.grad = torch.tensor(g)
