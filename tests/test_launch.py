@@ -44,7 +44,9 @@ def test_local_dry_run():
          "--config.train.total_kimg=1"],
         [".venv/bin/python", "-m", "ganjax", "train", "--config=configs/gansformer.py:shapes32",
          "--workdir=runs/shapes32", "--config.train.total_kimg=1"],
-        [".venv/bin/python", "-m", "ganjax", "eval", "--workdir=runs/shapes32"],  # run when the weights exist
+        [".venv/bin/pip", "install", "-q", "-e", ".[convert]"],  # only when the Inception weights are missing
+        [".venv/bin/python", "-m", "ganjax", "convert", "inception"],
+        [".venv/bin/python", "-m", "ganjax", "eval", "--workdir=runs/shapes32"],
     ]
 
 
