@@ -47,6 +47,10 @@ def main(argv=None):
     # config_flags reads `--config.<field>` overrides from sys.argv, so it must be the argv parsed here
     # (matters when main() is called with an explicit argv).
     sys.argv = [f"ganjax {name}"] + argv[2:]
+    # Libraries (Orbax, JAX, TFDS) log every step at INFO through absl: show warnings and errors only,
+    # unless the user asks for more (-v / --verbosity).
+    if not any(a.startswith(("-v", "--verbosity")) for a in argv[2:]):
+        sys.argv.append("--verbosity=-1")
     # absl's --help lists the flags of the module named sys.argv[0] under the __main__ docstring:
     # make those the command module's flags and docstring.
     for flag in flags.FLAGS.flags_by_module_dict().get(module.__name__, []):

@@ -129,7 +129,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     if ckpt.latest_step() is not None:
         state, extras = ckpt.restore(tr.abstract_state(), loader)
         history = list(extras["metrics_history"])
-        logging.info("resumed from %s step %d", ckpt.directory, ckpt.latest_step())
+        print(f"resumed from {ckpt.directory} step {ckpt.latest_step()}", flush=True)
     else:
         state = tr.init_state()
     start = int(jax.device_get(state.step))
@@ -162,8 +162,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     last_sampled = -1
     try:
         if start >= total_steps:
-            logging.info("already at step %d >= %d (total_kimg %.1f); nothing to do", start, total_steps,
-                         t.total_kimg)
+            print(f"already at step {start} >= {total_steps} (total_kimg {t.total_kimg:g}); nothing to do", flush=True)
         pending: list = []
         prev_metrics = None
         window_start, data_wait, window_steps = time.time(), 0.0, 0
