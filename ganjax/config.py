@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
     m.remat = False
     m.mapping_resnet = True  # residual mapping layers (GANsformer); False = plain fc stack (StyleGAN2)
-    m.conv_impl = "auto"  # auto (matmul on CPU, xla on GPU/TPU) | matmul | xla
+    m.conv_impl = "auto"  # auto (XLA conv for shared kernels; matmul form for transposed/per-sample on CPU) | matmul | xla
 
     d = c.data = ml_collections.ConfigDict()
     d.dataset = "shapes"  # shapes | folder | any TFDS catalog name (e.g. cifar10, clevr)
