@@ -3,26 +3,11 @@
 import json
 import os
 import shlex
-import signal
-import subprocess
 
 import pytest
+from subprocess_util import run_killing_group  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_killing_group(argv, timeout, **kwargs):
-    """subprocess.run that, on timeout, kills the whole process group (the trainers a launcher or a sweep
-    started too), so a timed-out test leaves no training processes behind."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def launch(*args, env=None, timeout=60):

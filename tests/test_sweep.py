@@ -3,14 +3,13 @@
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
 from ganjax import sweep
 from ganjax.config import base_config
+from subprocess_util import run_killing_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,20 +88,6 @@ def test_collect_table_and_plot(tmp_path):
         sweep.plot(str(tmp_path / "x.png"), rows, "nosuch", "model.heads", params)
     with pytest.raises(ValueError, match="--plot_param 'train.lr_g' is not a swept field"):
         sweep.plot(str(tmp_path / "x.png"), rows, "loss_g", "train.lr_g", params)
-
-
-def run_killing_group(argv, timeout, **kwargs):
-    """subprocess.run that, on timeout, kills the whole process group (the trainers a launcher or a sweep
-    started too), so a timed-out test leaves no training processes behind."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def ganjax(*args, timeout=120):
