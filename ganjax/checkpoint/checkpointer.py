@@ -12,7 +12,6 @@ mid-save never leaves a step that `latest_step()` picks up.
 
 import logging
 import os
-import shutil
 import signal
 import threading
 
@@ -96,16 +95,6 @@ class _PreemptionWatcher:
             self._previous_handler = None
 
 
-def _remove_unfinished_steps(directory: str):
-    """Orbax never picks a step still in its temporary name, but does not always delete one left by a
-    failed synchronous save; process 0 removes them before this run saves anything."""
-    if jax.process_index() != 0:
-        return
-    for name in os.listdir(directory):
-        if ".orbax-checkpoint-tmp" in name:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
 class Checkpointer:
     """The training loop's view of checkpointing (see notes/contracts.md)."""
 
@@ -136,7 +125,6 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # removes the half-written steps of a killed run
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
-        _remove_unfinished_steps(self.directory)
         latest = self._manager.latest_step()
         self._last_step = 0 if latest is None else latest
         self._preemption = _PreemptionWatcher()
