@@ -114,8 +114,9 @@ def test_conv_impls_agree_with_gradients():
         for a, b in zip(ga, gb):
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
         np.testing.assert_allclose(fn(x, w, "matmul"), fn(x, w, "xla"), atol=1e-5, rtol=1e-5)
-    # The tests run on CPU: XLA's conv for shared kernels, matmul forms for per-sample and transposed convs.
-    assert [default_impl(op) for op in ("conv", "grouped", "transpose")] == ["xla", "matmul", "matmul"]
+    # The tests run on CPU: XLA's conv for stride-1 shared kernels, matmul forms for the rest.
+    assert [default_impl(op) for op in ("conv", "strided", "grouped", "transpose")] == ["xla", "matmul", "matmul",
+                                                                                        "matmul"]
 
 
 def test_conv_impl_rejects_unknown():

@@ -3,10 +3,12 @@
 - 'xla':    lax.conv_general_dilated. On GPU/TPU this is the vendor's convolution.
 - 'matmul': the kh*kw shifted (strided) slices of the padded input concatenated on channels, then one
             matmul.
-'auto' picks per op: 'xla' on GPU/TPU; on CPU 'xla' for convolutions with one kernel for the batch (with
-jax 0.10.2 XLA:CPU's own convolution ran a 3x3 8x32x32x128 conv fwd+bwd in 83 ms vs 140 ms for the matmul
-form) and 'matmul' for per-sample kernels and for transposed convs (XLA's lhs-dilated convolution ran an
-up x2 3x3 conv fwd+bwd in 360 ms vs 41 ms polyphase).
+'auto' picks per op: 'xla' on GPU/TPU; on CPU 'xla' for stride-1 convolutions with one kernel for the batch
+(with jax 0.10.2 XLA:CPU's own convolution ran a 3x3 8x32x32x128 conv fwd+bwd in 83 ms vs 140 ms for the
+matmul form) and 'matmul' for strided convs, per-sample kernels and transposed convs. XLA's lhs-dilated
+convolution ran an up x2 3x3 conv fwd+bwd in 360 ms vs 41 ms polyphase, and the second backward of a
+stride-2 conv (R1 through D's downsampling convs) is a dilated convolution on XLA:CPU's slow generic path:
+the cpu_small D R1 phase took 0.42 s with 'xla' strided convs and 0.20 s with 'matmul' ones.
 
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 IMPLS = ("matmul", "xla")
-OPS = ("conv", "grouped", "transpose")  # shared-kernel conv, per-sample-kernel conv, transposed conv
+OPS = ("conv", "strided", "grouped", "transpose")  # shared-kernel conv (stride 1, stride > 1), per-sample-kernel conv, transposed conv
 
 
 @functools.cache
@@ -62,7 +64,7 @@ def _apply_kernel(patches, w):
 def conv2d(x, w, *, stride: int = 1, padding=0, impl: str | None = None):
     """Correlate x [B, H, W, Cin] with w [kh, kw, Cin, Cout] or [B, kh, kw, Cin, Cout]."""
     per_sample = w.ndim == 5
-    impl = resolve_impl(impl, "grouped" if per_sample else "conv")
+    impl = resolve_impl(impl, "grouped" if per_sample else "strided" if stride > 1 else "conv")
     (pt, pb), (pl, pr) = _pairs(padding)
     kh, kw, cin, cout = w.shape[-4:]
     w = w.astype(x.dtype)
