@@ -52,8 +52,18 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
     for key in ("G/loss", "D/loss", "D/scores_real", "D/scores_fake", "grad_norm/g_main", "grad_norm/d_main",
-                "lr/g", "lr/d", "img_per_sec", "sec_per_kimg", "step_time", "data_wait_share", "kimg"):
+                "lr/g", "lr/d", "img_per_sec", "sec_per_kimg", "step_time", "data_wait_share", "kimg",
+                "compute/pflops", "compute/device_seconds"):
         assert all(np.isfinite(x[key]) for x in lines), key
+    # Cumulative compute: analytic FLOPs of the images seen, and wall time x the 8 devices.
+    from ganjax.bench.flops import train_flops_per_image
+    from ganjax.models import ModelConfig
+
+    per_image = train_flops_per_image(ModelConfig.from_config(c.model), c.train)
+    assert lines[-1]["compute/pflops"] == pytest.approx(40 * 8 * per_image / 1e15)
+    seconds = [x["compute/device_seconds"] for x in lines]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))
+    assert seconds[-1] == pytest.approx(8 * sum(x["step_time"] * 5 for x in lines), rel=1e-6)
     assert lines[-1]["kimg"] == pytest.approx(0.32)
     assert lines[-1]["lr/d"] == pytest.approx(0.002 * 4 / 5)
     assert any("D/r1_penalty" in x for x in lines)
@@ -63,7 +73,7 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
     assert final["kimg"] == pytest.approx(0.32)
 
     samples = sorted(os.listdir(workdir / "samples"))
-    assert samples == ["fakes000000.png", "reals.png"]  # kimg 0.16 and 0.32 floor to 000000: same file
+    assert samples == ["fakes000000.000.png", "fakes000000.160.png", "fakes000000.320.png", "reals.png"]
     # tensorboard's own reader (the legacy loader yields the events as written, without its migration of
     # simple values and images into tensors).
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader

@@ -18,6 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ganjax import insight, parallel, viz
+from ganjax.bench.cost import CostMeter
 from ganjax.train import setup
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
@@ -133,6 +134,10 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     else:
         state = tr.init_state()
     start = int(jax.device_get(state.step))
+    # Cumulative FLOPs, device-seconds and cost, continued across restarts from the last logged record.
+    meter = CostMeter(tr.model_cfg, t, num_devices=mesh.size,
+                      device_seconds=next((h["compute/device_seconds"] for h in reversed(history)
+                                           if "compute/device_seconds" in h), 0.0))
 
     batch = int(t.batch_size)
     total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / batch))
@@ -151,9 +156,9 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
         images = sampler(state)
         attention = overlays(state.g_ema_params, state.g_ema_buffers) if overlays is not None else None
         if is_main:
-            kimg = step * batch / 1000
+            # Named by kimg with 3 decimals: grids less than 1 kimg apart get distinct files.
             grid = viz.image_grid(images)
-            viz.save_png(grid, os.path.join(samples_dir, f"fakes{int(kimg):06d}.png"))
+            viz.save_png(grid, os.path.join(samples_dir, f"fakes{step * batch / 1000:010.3f}.png"))
             writer.image(step, "samples/fakes", grid)
             if attention is not None:
                 writer.image(step, "samples/attention", attention)
@@ -206,6 +211,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
                     "kimg": kimg, "img_per_sec": window_steps * batch / elapsed,
                     "sec_per_kimg": elapsed / (window_steps * batch / 1000), "step_time": elapsed / window_steps,
                     "data_wait_share": data_wait / elapsed, "wall_time": now - run_start})
+                logged.update(meter.update(done, elapsed))
                 writer.scalars(done, logged)
                 history.append({"step": done, **logged})
                 last = logged
