@@ -93,8 +93,11 @@ def key_for_device(device) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
-    """Best FLOP/s of an n x n matmul on the local CPU (all its cores, as XLA uses them)."""
+def cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 30) -> float:
+    """Best FLOP/s of an n x n matmul on the local CPU (all its cores, as XLA uses them).
+
+    Best of many short runs (~10 ms each): on a shared machine a few of 5 were all slowed, which
+    halved the peak and doubled the MFU (a cpu_medium bench reported 103%)."""
     import jax
     import jax.numpy as jnp
 
@@ -113,7 +116,7 @@ def cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> f
 def peak_flops(device_key: str | None, compute_dtype: str) -> tuple[float, str]:
     """(peak FLOP/s, description) for MFU; device_key None means the local CPU, measured."""
     if device_key is None:
-        return cpu_peak_flops(compute_dtype), f"CPU {compute_dtype} matmul probe (1024^3, best of 5)"
+        return cpu_peak_flops(compute_dtype), f"CPU {compute_dtype} matmul probe (1024^3, best of 30)"
     p = lookup(device_key)
     if compute_dtype == "bfloat16":
         return p.bf16, f"{p.name} bf16 dense"
