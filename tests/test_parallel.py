@@ -1,10 +1,12 @@
-"""Mesh construction, logical-axis rules and the multi-host switch (no compilation)."""
+"""Mesh construction, logical-axis rules, the compute layout of params and the multi-host switch (only tiny
+compilations)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ganjax import parallel
 from ganjax.config import base_config
@@ -84,6 +86,53 @@ def test_tree_shardings_follow_logical_boxes():
     sh = parallel.tree_shardings(boxed, mesh, rules)
     assert sh["params"]["w"].spec == P(None, "fsdp")  # conv_out is the first fsdp rule
     assert sh["params"]["b"].spec == P()  # unannotated -> replicated
+
+
+def test_compute_sharding_drops_fsdp_keeps_model():
+    mesh = parallel.make_mesh(_config("fsdp_tp", 2, 2, 2))
+    cases = [(P(None, None, "fsdp", "model"), P(None, None, None, "model")), (P("model", "fsdp"), P("model")),
+             (P(("model", "fsdp"), None), P("model")), (P(None, "fsdp"), P()), (P(), P())]
+    for storage, compute in cases:
+        assert rules_lib.compute_sharding(NamedSharding(mesh, storage)).spec == compute
+
+
+def _row_and_column_parallel_dots(weight_in_compute_layout: bool):
+    """The two dots in which XLA's partitioner permutes batch rows (see rules.compute_sharding), on a
+    dp2 x fsdp2 x tp2 mesh, batch over ('data', 'fsdp'): (1) the forward pass of a row-parallel kernel
+    P('model', 'fsdp'); (2) the input gradient of a column-parallel kernel P('fsdp', 'model'). Returns the
+    largest relative error of (1) y, dL/dx, dL/dw and (2) dL/dx against float64 numpy."""
+    mesh = parallel.make_mesh(_config("fsdp_tp", 2, 2, 2))
+    act = NamedSharding(mesh, P(("data", "fsdp"), None, "model"))
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(8, 2, 8)), rng.normal(size=(8, 8))
+    c = rng.normal(size=(8, 2, 8))  # makes the loss depend on which row is where
+    errors = []
+    for spec in (P("model", "fsdp"), P("fsdp", "model")):
+        w_sharding = NamedSharding(mesh, spec)
+
+        def loss(x, w):
+            if weight_in_compute_layout:
+                w = rules_lib.for_compute(w, w_sharding)
+            x = jax.lax.with_sharding_constraint(x, act)
+            y = jax.lax.with_sharding_constraint(x @ w, act)
+            return jnp.sum(y * c), y
+
+        fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), in_shardings=(act, w_sharding))
+        (_, y), (dx, dw) = fn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+        want = {"y": x @ w, "dx": c @ w.T, "dw": np.einsum("bli,blo->io", x, c)}
+        got = {"y": y, "dx": dx, "dw": dw}
+        errors += [float(np.max(np.abs(np.asarray(got[k]) - want[k])) / np.max(np.abs(want[k]))) for k in want]
+    return max(errors)
+
+
+def test_params_in_compute_layout_avoid_the_xla_dot_bug():
+    assert _row_and_column_parallel_dots(weight_in_compute_layout=True) < 1e-5
+
+
+@pytest.mark.xfail(strict=True, reason="XLA SPMD partitioner bug (jaxlib 0.10.2): batch rows permuted; when this "
+                   "passes, XLA is fixed and the fsdp_tp params need no gathering (rules.compute_sharding)")
+def test_xla_dot_bug_reproduction():
+    assert _row_and_column_parallel_dots(weight_in_compute_layout=False) < 1e-5
 
 
 def test_distributed_auto_detection(monkeypatch):

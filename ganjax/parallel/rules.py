@@ -5,6 +5,8 @@ applied in order, per parameter: a rule shards the parameter's first still-unsha
 logical name if the mesh axis is not yet used by that parameter and divides the dimension. Dimensions no
 rule takes are replicated. So earlier rules have priority, a logical axis may be listed twice (a fallback
 axis), and tiny or odd-sized tensors (biases, 3-channel RGB layers) stay replicated instead of failing.
+
+These shardings say how params are stored; `compute_sharding` is how the fsdp_tp step uses them.
 """
 
 import flax.linen as nn
@@ -72,3 +74,33 @@ def tree_shardings(boxed_tree, mesh, rules):
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def compute_sharding(sharding: NamedSharding) -> NamedSharding:
+    """Where a parameter lives while the forward and backward passes use it: its storage sharding without
+    the 'fsdp' axis (all-gathered over fsdp, ZeRO-3 style), still split over 'model' (tensor parallel).
+
+    Why the strategy fsdp_tp needs it (an XLA SPMD partitioner bug, jax/jaxlib 0.10.2, Shardy and GSPMD
+    propagation alike): on a (data, fsdp, model) mesh with data > 1, a dot whose weight operand is split on
+    its contracting dim over 'model' and on its other dim over 'fsdp', with the activations' batch split
+    over ('data', 'fsdp') and the result wanted as (batch, ..., 'model'), comes out with the batch tiles of
+    devices (data 0, fsdp 1) and (data 1, fsdp 0) swapped: the partitioner collective-permutes the lhs to
+    another batch tile order and never permutes the result back. Row-parallel kernels P('model', 'fsdp')
+    hit it in the forward pass (the attention's modulation layer), column-parallel ones P('fsdp', 'model')
+    in the backward pass (dx = dy @ w.T). A weight without 'fsdp' has no dim on a batch axis, so no dot
+    can hit it. tests/test_parallel.py keeps a minimal reproduction as a strict xfail: once XLA is fixed it
+    fails, and this gathering can go.
+    """
+    spec = []
+    for entry in sharding.spec:
+        axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a not in (None, "fsdp"))
+        spec.append(axes if len(axes) > 1 else axes[0] if axes else None)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def for_compute(params, shardings):
+    """`params` constrained to the compute shardings of their storage `shardings` (see compute_sharding).
+    Under jit, gradients w.r.t. the constrained copy are gradients w.r.t. `params`."""
+    return jax.lax.with_sharding_constraint(params, jax.tree.map(compute_sharding, shardings))

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax.parallel.mesh import batch_axes
+from ganjax.parallel.rules import for_compute
 from ganjax.train import losses
 from ganjax.train.state import TrainState, d_reg_interval, g_reg_interval
 
@@ -99,11 +100,17 @@ def _all_finite(tree):
 
 class Iteration:
     """The phases of one iteration for one model pair and one strategy (axis_names is None for the global
-    program, the batch mesh axes for the per-device shard_map program)."""
+    program, the batch mesh axes for the per-device shard_map program; param_shardings, the storage
+    shardings of (G params, D params), when the models must use their params gathered over 'fsdp')."""
 
-    def __init__(self, G, D, g_opt, d_opt, cfg: StepConfig, axis_names=None):
+    def __init__(self, G, D, g_opt, d_opt, cfg: StepConfig, axis_names=None, param_shardings=None):
         self.G, self.D, self.g_opt, self.d_opt, self.cfg = G, D, g_opt, d_opt, cfg
         self.axis_names = axis_names
+        self.param_shardings = param_shardings
+
+    def _compute_params(self, params, which: int):
+        """G (0) or D (1) params as the models use them (see ganjax.parallel.rules.compute_sharding)."""
+        return params if self.param_shardings is None else for_compute(params, self.param_shardings[which])
 
     # -- collectives: identity in the global program, explicit means in the per-device one --
     def _mean(self, tree):
@@ -119,14 +126,14 @@ class Iteration:
     def _generate(self, g_params, g_buffers, z, key, update_w_avg):
         kwargs = dict(train=True, noise_mode=self.cfg.noise_mode, style_mixing_prob=self.cfg.style_mixing_prob,
                       rngs=self._g_rngs(key))
-        variables = {"params": g_params, "buffers": g_buffers}
+        variables = {"params": self._compute_params(g_params, 0), "buffers": g_buffers}
         if update_w_avg:
             img, updates = self.G.apply(variables, z, update_w_avg=True, mutable=["buffers"], **kwargs)
             return img, updates["buffers"]
         return self.G.apply(variables, z, **kwargs), None
 
     def _discriminate(self, d_params, img, key):
-        return self.D.apply({"params": d_params}, img, train=True, rngs={"dropout": key})
+        return self.D.apply({"params": self._compute_params(d_params, 1)}, img, train=True, rngs={"dropout": key})
 
     # -- phases: each returns (grads, aux) for one micro-batch --
     def _g_main(self, key, z, g_params, g_buffers, d_params):
@@ -147,7 +154,7 @@ class Iteration:
         z = z[: z.shape[0] // self.cfg.pl_batch_shrink]
 
         def loss_fn(gp):
-            v = {"params": gp, "buffers": g_buffers}
+            v = {"params": self._compute_params(gp, 0), "buffers": g_buffers}
             ws = self.G.apply(v, z, train=True, style_mixing_prob=self.cfg.style_mixing_prob, method="mapping",
                               rngs=self._g_rngs(k_map))
             synth = lambda w: self.G.apply(v, w, noise_mode=self.cfg.noise_mode, train=True, method="synthesis",
@@ -299,6 +306,11 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
             raise ValueError(f"model.mbstd_group: the per-device micro-batch {micro} of the shard_map strategy "
                              f"is not divisible by the minibatch-std group {group}")
         iteration = Iteration(G, D, g_opt, d_opt, cfg, axis_names=baxes)
+    elif strategy == "fsdp_tp":
+        # Params used gathered over 'fsdp' (kept split over 'model'): works around an XLA partitioner bug
+        # that permutes batch rows in dots mixing the two axes (ganjax.parallel.rules.compute_sharding).
+        iteration = Iteration(G, D, g_opt, d_opt, cfg,
+                              param_shardings=(state_shardings.g_params, state_shardings.d_params))
     else:
         iteration = Iteration(G, D, g_opt, d_opt, cfg)
 
