@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ganjax.nn.conv import conv2d
-
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 # Convs run at full float32 precision on every backend: FID is sensitive to feature error, and the default
@@ -24,20 +22,12 @@ _PRECISION = lax.Precision.HIGHEST
 
 
 def _conv(p, x, stride=1, same=True):
-    """Conv (BN folded in) + ReLU. `same`: pad kernel//2 per side, as every stride-1 conv of the net but the stem's.
-
-    On CPU every conv is the shifted-slices-and-matmul form: XLA:CPU's own convolution is slow on this
-    network's shapes (32 channels at 147x147: ~20 GFLOP/s; strided and 80 -> 192 convs: ~50), and the
-    matmul form took extraction from 6.9 to 9.0 images/s on 2 cores (jax 0.10.2).
-    """
+    """Conv (BN folded in) + ReLU. `same`: pad kernel//2 per side, as every stride-1 conv of the net but the stem's."""
     kh, kw = p["w"].shape[:2]
     pad = [(kh // 2, kh // 2), (kw // 2, kw // 2)] if same else [(0, 0), (0, 0)]
-    if jax.default_backend() == "cpu":
-        y = conv2d(x, p["w"], stride=stride, padding=pad, impl="matmul")
-    else:
-        y = lax.conv_general_dilated(
-            x, p["w"], (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_PRECISION
-        )
+    y = lax.conv_general_dilated(
+        x, p["w"], (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_PRECISION
+    )
     return jax.nn.relu(y + p["b"])
 
 

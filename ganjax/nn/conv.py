@@ -4,11 +4,12 @@
 - 'matmul': the kh*kw shifted (strided) slices of the padded input concatenated on channels, then one
             matmul.
 'auto' picks per op: 'xla' on GPU/TPU; on CPU 'xla' for stride-1 convolutions with one kernel for the batch
-(with jax 0.10.2 XLA:CPU's own convolution ran a 3x3 8x32x32x128 conv fwd+bwd in 83 ms vs 140 ms for the
-matmul form) and 'matmul' for strided convs, per-sample kernels and transposed convs. XLA's lhs-dilated
-convolution ran an up x2 3x3 conv fwd+bwd in 360 ms vs 41 ms polyphase, and the second backward of a
-stride-2 conv (R1 through D's downsampling convs) is a dilated convolution on XLA:CPU's slow generic path:
-the cpu_small D R1 phase took 0.42 s with 'xla' strided convs and 0.20 s with 'matmul' ones.
+(run by Eigen: `import ganjax` moves XLA:CPU's convolutions off YNNPACK, see ganjax/__init__.py) and
+'matmul' for strided convs, per-sample kernels and transposed convs. XLA's lhs-dilated convolution ran an
+up x2 3x3 conv fwd+bwd in 360 ms vs 41 ms polyphase (cpu_small G main phase 0.54 vs 0.34 s), and the
+second backward of a stride-2 conv (R1 through D's downsampling convs) is a dilated convolution on a slow
+generic path: the cpu_small D R1 phase took 0.42-0.44 s with 'xla' strided convs and 0.20-0.23 s with
+'matmul' ones (jax 0.10.2, 2 cores).
 
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
