@@ -67,7 +67,10 @@ def _phase_programs(s: Setup) -> dict:
     from ganjax.parallel import batch_sharding
     from ganjax.train.step import Iteration
 
-    it = Iteration(s.G, s.D, s.g_opt, s.d_opt, s.train_step.cfg)
+    # The same phase code as the train step, with its fsdp_tp compute layout (ganjax.parallel.compute_sharding).
+    tp = s.config.parallel.strategy == "fsdp_tp"
+    it = Iteration(s.G, s.D, s.g_opt, s.d_opt, s.train_step.cfg,
+                   param_shardings=(s.shardings.g_params, s.shardings.d_params) if tp else None)
     b = s.config.train.batch_size
     z_shape = (b, s.model_cfg.num_latents, s.model_cfg.z_dim)
 
