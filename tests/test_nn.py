@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
+from jax import lax
 
 from ganjax.nn import (BipartiteAttention, Dense, bias_act, conv2d, conv2d_resample, conv2d_transpose,
                        downsample2d, minibatch_std, modulated_conv2d, sinusoidal_grid, upfirdn2d, upsample2d)
@@ -117,6 +118,59 @@ def test_conv_impls_agree_with_gradients():
     # The tests run on CPU: XLA's conv for stride-1 shared kernels, matmul forms for the rest.
     assert [default_impl(op) for op in ("conv", "strided", "grouped", "transpose")] == ["xla", "matmul", "matmul",
                                                                                         "matmul"]
+
+
+def test_mixed_precision_conv_vjp_is_exact_in_float32():
+    """The stride-1 conv with its own VJP (dx as a correlation with the flipped kernel) is the same function as
+    XLA's conv, through the gradient and the gradient of the gradient (R1), for any padding."""
+    from ganjax.nn.conv import _mixed_conv
+    x, w = jnp.asarray(randn(2, 7, 6, 3)), jnp.asarray(randn(3, 3, 3, 5))
+    for pads in (((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (1, 2)), ((-1, 1), (0, 1))):
+        def xla(x, w):
+            return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        ours = lambda x, w: _mixed_conv(x, w, pads)  # noqa: E731
+        np.testing.assert_allclose(ours(x, w), xla(x, w), atol=1e-5)
+        for a, b in zip(jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))(x, w),
+                        jax.grad(lambda x, w: jnp.sum(jnp.sin(xla(x, w))), (0, 1))(x, w)):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+        def r1(f):
+            return lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w))))(x) ** 2)
+        np.testing.assert_allclose(jax.grad(r1(ours))(w), jax.grad(r1(xla))(w), atol=1e-3, rtol=1e-4)
+
+
+def test_mixed_precision_contractions_accumulate_in_float32():
+    """bfloat16 einsums/convs: bf16 results, float32 sums (one rounding), gradients through the same path."""
+    from ganjax.nn import precision
+    from ganjax.nn.conv import concat_windows
+    a, b = jnp.asarray(randn(4, 64, 32)), jnp.asarray(randn(32, 16))
+    y = precision.einsum("bik,ko->bio", a.astype(jnp.bfloat16), b)
+    assert y.dtype == jnp.bfloat16
+    # One rounding of the float32 sum of the bf16 products: exact to bf16's half-ulp.
+    exact = jnp.einsum("bik,ko->bio", a.astype(jnp.bfloat16).astype(jnp.float32), b.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -8, atol=1e-6)
+    ga, gb = jax.grad(lambda a, b: jnp.sum(precision.einsum("bik,ko->bio", a, b).astype(jnp.float32) ** 2), (0, 1))(
+        a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    ra, rb = jax.grad(lambda a, b: jnp.sum(jnp.einsum("bik,ko->bio", a, b) ** 2), (0, 1))(a, b)
+    assert ga.dtype == gb.dtype == jnp.bfloat16
+    for g, r in ((ga, ra), (gb, rb)):
+        assert float(jnp.abs(g.astype(jnp.float32) - r).max() / jnp.abs(r).max()) < 2e-2
+    with pytest.raises(ValueError, match="sums over an index"):
+        precision.einsum("bik,ko->bo", a.astype(jnp.bfloat16), b)
+    # The windows' gradient is summed in float32: small integers make bf16 and float32 sums exact and equal.
+    xi = jnp.asarray(np.random.default_rng(1).integers(-4, 5, (2, 6, 6, 3)), jnp.float32)
+    starts = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 2))
+    weights = (jnp.arange(4.0 * 4 * 15) % 7).reshape(1, 4, 4, 15)  # cotangents 0..6, sums of five below 256
+    f = lambda x: jnp.sum(concat_windows(x, starts, (4, 4)).astype(jnp.float32) * weights)  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(f)(xi.astype(jnp.bfloat16)).astype(jnp.float32), jax.grad(f)(xi))
+    # bf16 convolutions on CPU all take the matmul form (the bf16 dot-product instructions).
+    assert [default_impl(op, "bfloat16") for op in ("conv", "strided", "grouped", "transpose")] == ["matmul"] * 4
+    x, w = jnp.asarray(randn(2, 8, 8, 6)), jnp.asarray(randn(3, 3, 6, 7))
+    for fn in (lambda x: conv2d(x, w, padding=1), lambda x: conv2d(x, w, stride=2, padding=1),
+               lambda x: conv2d_transpose(x, w)):
+        y16, y32 = fn(x.astype(jnp.bfloat16)), fn(x)
+        assert y16.dtype == jnp.bfloat16
+        assert float(jnp.abs(y16.astype(jnp.float32) - y32).max() / jnp.abs(y32).max()) < 1e-2
 
 
 def test_conv_impl_rejects_unknown():

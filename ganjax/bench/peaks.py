@@ -97,13 +97,16 @@ def cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 30) -> 
     """Best FLOP/s of an n x n matmul on the local CPU (all its cores, as XLA uses them).
 
     Best of many short runs (~10 ms each): on a shared machine a few of 5 were all slowed, which
-    halved the peak and doubled the MFU (a cpu_medium bench reported 103%)."""
+    halved the peak and doubled the MFU (a cpu_medium bench reported 103%). 16-bit dtypes are probed as the
+    models multiply them: float32 accumulation (ganjax.nn.precision), the CPU's bf16 dot-product path."""
     import jax
     import jax.numpy as jnp
 
+    from ganjax.nn import precision
+
     cpu = jax.devices("cpu")[0]
     a = jax.device_put(jnp.ones((n, n), dtype), cpu)
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: precision.einsum("ij,jk->ik", x, x))
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):

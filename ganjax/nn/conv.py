@@ -11,6 +11,15 @@ second backward of a stride-2 conv (R1 through D's downsampling convs) is a dila
 generic path: the cpu_small D R1 phase took 0.42-0.44 s with 'xla' strided convs and 0.20-0.23 s with
 'matmul' ones (jax 0.10.2, 2 cores).
 
+bfloat16 inputs (mixed precision) are multiplied as bfloat16 with float32 accumulation and rounded back to
+bfloat16 once per convolution, forward and backward (ganjax.nn.precision). On CPU every bfloat16 convolution
+uses the 'matmul' form, because that is where the hardware's bf16 dot-product instructions are
+(AVX512-BF16 here: a bf16 x bf16 -> f32 matmul ran at 365-375 GFLOP/s against 200-210 for f32, while XLA's
+bf16 convolution and a dot with bf16 output were slower than f32), and a stride-1 convolution's input
+gradient is computed as the correlation of the padded output
+gradient with the flipped kernel (patches x kernel again) instead of the transposed patches matmul
+[M, Cout] x [Cout, kh*kw*Cin], which ran at ~100 GFLOP/s.
+
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
 `conv2d_transpose` is torch's conv_transpose2d (stride s, no padding, kernel not flipped): in the
@@ -23,23 +32,27 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ganjax.nn import precision
+from ganjax.nn.precision import is_mixed
+
 IMPLS = ("matmul", "xla")
 OPS = ("conv", "strided", "grouped", "transpose")  # shared-kernel conv (stride 1, stride > 1), per-sample-kernel conv, transposed conv
 
 
 @functools.cache
-def default_impl(op: str = "conv") -> str:
-    """The faster implementation of `op` (one of OPS) on the default backend (see the module docstring)."""
+def default_impl(op: str = "conv", dtype="float32") -> str:
+    """The faster implementation of `op` (one of OPS) for inputs of `dtype` on the default backend (see the
+    module docstring)."""
     if op not in OPS:
         raise ValueError(f"conv op {op!r} is not one of {OPS}")
     if jax.default_backend() != "cpu":
         return "xla"
-    return "xla" if op == "conv" else "matmul"
+    return "xla" if op == "conv" and not is_mixed(dtype) else "matmul"
 
 
-def resolve_impl(impl: str | None, op: str = "conv") -> str:
+def resolve_impl(impl: str | None, op: str = "conv", dtype="float32") -> str:
     if impl in (None, "auto"):
-        return default_impl(op)
+        return default_impl(op, jnp.dtype(dtype).name)
     if impl not in IMPLS:
         raise ValueError(f"conv impl {impl!r} is not one of {('auto',) + IMPLS}")
     return impl
@@ -57,15 +70,86 @@ def _pairs(padding):
 
 def _apply_kernel(patches, w):
     """patches [B, H, W, K] times kernel [K, O] (shared) or [B, K, O] (per sample)."""
+    if is_mixed(patches.dtype):
+        return precision.einsum("bhwk,ko->bhwo" if w.ndim == 2 else "bhwk,bko->bhwo", patches, w)
     if w.ndim == 2:
         return jnp.dot(patches, w, preferred_element_type=patches.dtype)
     return jnp.einsum("bhwk,bko->bhwo", patches, w)
 
 
+def _patches(x, kh, kw, stride, pads):
+    """The kh*kw shifted (strided) slices of x padded by pads ((top, bottom), (left, right)), concatenated on
+    channels: [B, Ho, Wo, kh*kw*C]. Negative pads crop."""
+    (pt, pb), (pl, pr) = pads
+    if pt or pb or pl or pr:
+        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+    ho = (x.shape[1] - kh) // stride + 1
+    wo = (x.shape[2] - kw) // stride + 1
+    return concat_windows(x, tuple((i, j) for i in range(kh) for j in range(kw)), (ho, wo), stride)
+
+
+def _concat_windows(x, starts, size, stride):
+    ho, wo = size
+    cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] for i, j in starts]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def concat_windows(x, starts, size, stride=1):
+    """The windows x[:, i::stride, j::stride] of `size` (Ho, Wo) at each (i, j) of `starts`, concatenated on
+    channels. For 16-bit x its gradient (the sum of the overlapping windows' cotangents) is summed in float32
+    and rounded once, instead of once per window."""
+    if not is_mixed(x.dtype) or len(starts) == 1:
+        return _concat_windows(x, starts, size, stride)
+    return _concat_windows_mixed(x, starts, size, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _concat_windows_mixed(x, starts, size, stride):
+    return _concat_windows(x, starts, size, stride)
+
+
+def _concat_windows_mixed_fwd(x, starts, size, stride):
+    return _concat_windows(x, starts, size, stride), jnp.zeros(x.shape, jnp.float32)
+
+
+def _concat_windows_mixed_bwd(starts, size, stride, zeros, g):
+    _, adjoint = jax.vjp(lambda z: _concat_windows(z, starts, size, stride), zeros)
+    return (adjoint(g.astype(jnp.float32))[0].astype(g.dtype),)
+
+
+_concat_windows_mixed.defvjp(_concat_windows_mixed_fwd, _concat_windows_mixed_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_conv(x, w, pads):
+    """Stride-1 correlation of x with a shared kernel w [kh, kw, Cin, Cout] in mixed precision."""
+    kh, kw, cin, cout = w.shape
+    return precision.einsum("bhwk,ko->bhwo", _patches(x, kh, kw, 1, pads), w.reshape(kh * kw * cin, cout))
+
+
+def _mixed_conv_fwd(x, w, pads):
+    return _mixed_conv(x, w, pads), (x, w)
+
+
+def _mixed_conv_bwd(pads, res, g):
+    x, w = res
+    kh, kw, cin, cout = w.shape
+    g = g.astype(x.dtype)
+    (pt, pb), (pl, pr) = pads
+    # dx[i] = sum_p g[i + pt - p] w[p]: the correlation of g, padded by (k - 1 - pad), with the flipped kernel.
+    w_flip = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _mixed_conv(g, w_flip, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
+    dw = precision.einsum("bhwk,bhwo->ko", _patches(x, kh, kw, 1, pads), g)
+    return dx, dw.reshape(w.shape)
+
+
+_mixed_conv.defvjp(_mixed_conv_fwd, _mixed_conv_bwd)
+
+
 def conv2d(x, w, *, stride: int = 1, padding=0, impl: str | None = None):
     """Correlate x [B, H, W, Cin] with w [kh, kw, Cin, Cout] or [B, kh, kw, Cin, Cout]."""
     per_sample = w.ndim == 5
-    impl = resolve_impl(impl, "grouped" if per_sample else "strided" if stride > 1 else "conv")
+    impl = resolve_impl(impl, "grouped" if per_sample else "strided" if stride > 1 else "conv", x.dtype)
     (pt, pb), (pl, pr) = _pairs(padding)
     kh, kw, cin, cout = w.shape[-4:]
     w = w.astype(x.dtype)
@@ -79,15 +163,11 @@ def conv2d(x, w, *, stride: int = 1, padding=0, impl: str | None = None):
         y = lax.conv_general_dilated(xg, wg, (stride, stride), ((pt, pb), (pl, pr)), dimension_numbers=dn,
                                      feature_group_count=b)
         return y.reshape(y.shape[1], y.shape[2], b, cout).transpose(2, 0, 1, 3)
-    if pt or pb or pl or pr:
-        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    ho = (x.shape[1] - kh) // stride + 1
-    wo = (x.shape[2] - kw) // stride + 1
-    cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(kh) for j in range(kw)]
-    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    pads = ((pt, pb), (pl, pr))
+    if is_mixed(x.dtype) and stride == 1 and not per_sample and kh * kw > 1:
+        return _mixed_conv(x, w, pads)
     wk = w.reshape(w.shape[:-4] + (kh * kw * cin, cout))
-    return _apply_kernel(patches, wk)
+    return _apply_kernel(_patches(x, kh, kw, stride, pads), wk)
 
 
 def conv2d_transpose(x, w, *, stride: int = 2, impl: str | None = None):
@@ -95,7 +175,7 @@ def conv2d_transpose(x, w, *, stride: int = 2, impl: str | None = None):
 
     w: [kh, kw, Cin, Cout] or per sample [B, kh, kw, Cin, Cout].
     """
-    impl = resolve_impl(impl, "transpose")
+    impl = resolve_impl(impl, "transpose", x.dtype)
     per_sample = w.ndim == 5
     kh, kw, cin, cout = w.shape[-4:]
     w = w.astype(x.dtype)
@@ -127,9 +207,9 @@ def conv2d_transpose(x, w, *, stride: int = 2, impl: str | None = None):
             if not taps:  # kernel smaller than the stride: this phase gets nothing
                 row.append(jnp.zeros((b, mh, mw, cout), x.dtype))
                 continue
-            cols = [xp[:, th - 1 - t:th - 1 - t + mh, tw - 1 - u:tw - 1 - u + mw, :] for t, u in taps]
+            cols = concat_windows(xp, tuple((th - 1 - t, tw - 1 - u) for t, u in taps), (mh, mw))
             wk = jnp.concatenate([w[..., a + s * t, c + s * u, :, :] for t, u in taps], axis=-2)
-            row.append(_apply_kernel(cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1), wk))
+            row.append(_apply_kernel(cols, wk))
         phases.append(jnp.stack(row, axis=3))  # [B, mh, mw, s(c), C]
     y = jnp.stack(phases, axis=2)  # [B, mh, s(a), mw, s(c), C]
     y = y.reshape(b, mh * s, mw * s, cout)

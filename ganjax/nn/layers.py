@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ganjax.nn import precision
 from ganjax.nn.conv_resample import conv2d_resample
 
 ACT_GAIN = {"linear": 1.0, "lrelu": float(np.sqrt(2.0))}
@@ -65,7 +66,7 @@ class Dense(nn.Module):
         fan_in = x.shape[-1]
         w = boxed_param(self, "weight", scaled_normal(self.lrmul), (fan_in, self.features), self.axes)
         w = (w * (self.lrmul / np.sqrt(fan_in))).astype(self.dtype)
-        y = jnp.dot(x.astype(self.dtype), w)
+        y = precision.einsum("...i,io->...o", x.astype(self.dtype), w)
         b = None
         if self.use_bias:
             b = boxed_param(self, "bias", constant(self.bias_init), (self.features,), self.axes[1:]) * self.lrmul

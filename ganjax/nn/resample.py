@@ -10,6 +10,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from ganjax.nn import precision
+
 DEFAULT_FILTER = (1.0, 3.0, 3.0, 1.0)
 
 
@@ -39,7 +41,7 @@ def _upfirdn_axis(x, f, up, down, p0, p1, axis, gain):
         m = jnp.asarray(_resample_matrix(n, tuple(float(t) for t in f), up, down, p0, p1, float(gain)), x.dtype)
         dims = "abcdefgh"[:x.ndim]
         out = dims[:axis] + "z" + dims[axis + 1:]
-        return jnp.einsum(f"z{dims[axis]},{dims}->{out}", m, x)
+        return precision.einsum(f"z{dims[axis]},{dims}->{out}", m, x)
     return _upfirdn_taps(x, f, up, down, p0, p1, axis, gain)
 
 
