@@ -155,6 +155,15 @@ def test_mixed_precision_contractions_accumulate_in_float32():
     assert ga.dtype == gb.dtype == jnp.bfloat16
     for g, r in ((ga, ra), (gb, rb)):
         assert float(jnp.abs(g.astype(jnp.float32) - r).max() / jnp.abs(r).max()) < 2e-2
+    # Layouts XLA:CPU's plain einsum failed on at run time (bf16 x bf16 -> f32 outside its YNNPACK fusion).
+    rng = np.random.default_rng(2)
+    for spec, sa, sb in (("azcd,zb->abcd", (64, 8, 16, 1), (8, 16)), ("abzd,zc->abcd", (8, 2, 4, 16), (4, 128)),
+                         ("mo,mk->ok", (9, 16), (9, 128)), ("ik,io->ko", (16, 33), (16, 64))):
+        x, y = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (sa, sb))
+        ref = jnp.einsum(spec, x.astype(jnp.float32), y.astype(jnp.float32))
+        np.testing.assert_allclose(precision.einsum(spec, x, y).astype(jnp.float32), ref, rtol=1e-2, atol=1e-2)
+        jax.block_until_ready(jax.grad(lambda x, y: jnp.sum(precision.einsum(spec, x, y).astype(jnp.float32)),
+                                       (0, 1))(x, y))
     with pytest.raises(ValueError, match="sums over an index"):
         precision.einsum("bik,ko->bo", a.astype(jnp.bfloat16), b)
     # The windows' gradient is summed in float32: small integers make bf16 and float32 sums exact and equal.

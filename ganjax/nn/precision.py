@@ -13,9 +13,11 @@ products in float32 anyway; there this only fixes where the result is rounded.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def is_mixed(dtype) -> bool:
@@ -30,16 +32,49 @@ def einsum(spec: str, a, b):
         return jnp.einsum(spec, a, b.astype(a.dtype))
     ins, out = spec.replace(" ", "").split("->")
     sa, sb = ins.split(",")
+    if "..." in sa:  # name the leading dims of a; b and the output must use the same ellipsis
+        names = "".join(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec)[:a.ndim - len(sa) + 3]
+        sa, sb, out = (t.replace("...", names) for t in (sa, sb, out))
+    if len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or "." in sb + out:
+        raise ValueError(f"precision.einsum {spec!r}: repeated indices or an ellipsis outside the first operand")
     for own, other in ((sa, sb), (sb, sa)):
-        if set(own.replace(".", "")) - set(other + out):
+        if set(own) - set(other + out):
             raise ValueError(f"precision.einsum {spec!r}: an operand sums over an index of its own; "
                              "write that reduction separately")
     return _mixed_einsum(f"{sa},{sb}->{out}", a, b.astype(a.dtype))
 
 
+def _contract32(spec, a, b):
+    """einsum with a float32 result. On CPU as one [batch, M, K] x [batch, K, N] dot of operands materialised
+    in that order: XLA:CPU (jaxlib 0.10.2) runs a bf16 x bf16 -> f32 dot only when its YNNPACK fusion takes
+    it, and when layout assignment folds a transpose into the dot it falls back to a thunk that fails at run
+    time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32"); for example the FIR
+    gradient einsum "azcd,zb->abcd" did. The optimization barriers keep the transposes out of the dot."""
+    if jax.default_backend() != "cpu":
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    batch = [c for c in sa if c in sb and c in out]
+    contracted = [c for c in sa if c in sb and c not in out]
+    a_free, b_free = [c for c in sa if c not in sb], [c for c in sb if c not in sa]
+    size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
+
+    def prod(idx):
+        return math.prod(size[c] for c in idx)
+
+    a3 = a.transpose([sa.index(c) for c in batch + a_free + contracted])
+    b3 = b.transpose([sb.index(c) for c in batch + contracted + b_free])
+    a3, b3 = lax.optimization_barrier((a3.reshape(prod(batch), prod(a_free), prod(contracted)),
+                                       b3.reshape(prod(batch), prod(contracted), prod(b_free))))
+    y = lax.optimization_barrier(lax.dot_general(a3, b3, (((2,), (1,)), ((0,), (0,))),
+                                                 preferred_element_type=jnp.float32))
+    order = batch + a_free + b_free
+    return y.reshape([size[c] for c in order]).transpose([order.index(c) for c in out])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _mixed_einsum(spec, a, b):
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    return _contract32(spec, a, b).astype(a.dtype)
 
 
 def _mixed_einsum_fwd(spec, a, b):
