@@ -20,9 +20,12 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 
 
 def _checkpointer(**items):
-    """An Orbax Checkpointer for the named items, e.g. generator=(ocp.args.StandardSave,); config is JSON."""
+    """An Orbax Checkpointer for the named items, e.g. generator=(ocp.args.StandardSave,); config is JSON, and
+    so are a training checkpoint's loader and metrics_history (registered, never read here, so Orbax does not
+    warn that it found items it could not restore)."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    items.setdefault("config", (ocp.args.JsonSave, ocp.args.JsonRestore))
+    for name in ("config", "loader", "metrics_history"):
+        items.setdefault(name, (ocp.args.JsonSave, ocp.args.JsonRestore))
     for name, arg_types in items.items():
         for arg_type in arg_types:
             registry.add(name, arg_type)
@@ -40,9 +43,7 @@ def resolve(path: str, step: int | None = None) -> tuple[str, str]:
     if os.path.isdir(os.path.join(path, "state")):
         return "train", path
     ckdir = os.path.join(path, CHECKPOINTS_SUBDIR) if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)) else path
-    manager = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    steps = list(manager.all_steps())
-    manager.close()
+    steps = ocp.utils.checkpoint_steps(ckdir)  # finalized steps only, as CheckpointManager.all_steps
     if not steps:
         raise CheckpointError(f"no checkpoint found at {path}: expected an exported generator, a training "
                               f"checkpoint step directory, a checkpoints directory or a workdir")
