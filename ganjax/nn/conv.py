@@ -16,9 +16,9 @@ bfloat16 once per convolution, forward and backward (ganjax.nn.precision). On CP
 uses the 'matmul' form, because that is where the hardware's bf16 dot-product instructions are
 (AVX512-BF16 here: a bf16 x bf16 -> f32 matmul ran at 365-375 GFLOP/s against 200-210 for f32, while XLA's
 bf16 convolution and a dot with bf16 output were slower than f32), and a stride-1 convolution's input
-gradient is computed as the correlation of the padded output
-gradient with the flipped kernel (patches x kernel again) instead of the transposed patches matmul
-[M, Cout] x [Cout, kh*kw*Cin], which ran at ~100 GFLOP/s.
+gradient is computed as the correlation of the padded output gradient with the flipped kernel (patches x
+kernel again) instead of the transposed patches matmul [M, Cout] x [Cout, kh*kw*Cin], which ran at ~100
+GFLOP/s.
 
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.
@@ -100,20 +100,21 @@ def concat_windows(x, starts, size, stride=1):
     and rounded once, instead of once per window."""
     if not is_mixed(x.dtype) or len(starts) == 1:
         return _concat_windows(x, starts, size, stride)
-    return _concat_windows_mixed(x, starts, size, stride)
+    return _concat_windows_mixed(x, starts, size, stride, x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _concat_windows_mixed(x, starts, size, stride):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _concat_windows_mixed(x, starts, size, stride, shape):
     return _concat_windows(x, starts, size, stride)
 
 
-def _concat_windows_mixed_fwd(x, starts, size, stride):
-    return _concat_windows(x, starts, size, stride), jnp.zeros(x.shape, jnp.float32)
+def _concat_windows_mixed_fwd(x, starts, size, stride, shape):
+    return _concat_windows(x, starts, size, stride), None
 
 
-def _concat_windows_mixed_bwd(starts, size, stride, zeros, g):
-    _, adjoint = jax.vjp(lambda z: _concat_windows(z, starts, size, stride), zeros)
+def _concat_windows_mixed_bwd(starts, size, stride, shape, _, g):
+    adjoint = jax.linear_transpose(lambda z: _concat_windows(z, starts, size, stride),
+                                   jax.ShapeDtypeStruct(shape, jnp.float32))
     return (adjoint(g.astype(jnp.float32))[0].astype(g.dtype),)
 
 
