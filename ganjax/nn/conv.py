@@ -70,11 +70,7 @@ def _pairs(padding):
 
 def _apply_kernel(patches, w):
     """patches [B, H, W, K] times kernel [K, O] (shared) or [B, K, O] (per sample)."""
-    if is_mixed(patches.dtype):
-        return precision.einsum("bhwk,ko->bhwo" if w.ndim == 2 else "bhwk,bko->bhwo", patches, w)
-    if w.ndim == 2:
-        return jnp.dot(patches, w, preferred_element_type=patches.dtype)
-    return jnp.einsum("bhwk,bko->bhwo", patches, w)
+    return precision.einsum("bhwk,ko->bhwo" if w.ndim == 2 else "bhwk,bko->bhwo", patches, w)
 
 
 def _patches(x, kh, kw, stride, pads):

@@ -1,8 +1,8 @@
 """Mixed precision for contractions: 16-bit operands, float32 accumulation, one rounding per result.
 
 With `compute_dtype = "bfloat16"` the models' dense layers and the convolutions in their matmul form go
-through `einsum` here (the FIR resampling matrices run in float32, see ganjax.nn.resample). Its result is summed in float32 and
-rounded to bfloat16 once, and its custom VJP makes the gradient contractions (and, for R1, their own
+through `einsum` here (the FIR resampling matrices run in float32, see ganjax.nn.resample). Its result is
+summed in float32 and rounded to bfloat16 once, and its custom VJP makes the gradient contractions (and, for R1, their own
 gradients) take the same path. Plain autodiff would not: the transpose of a dot with a float32
 `preferred_element_type` is a dot of a float32 cotangent with a bfloat16 operand, which XLA runs in float32.
 
