@@ -24,19 +24,9 @@ pipelines and host overheads are not modelled.
 import dataclasses
 import math
 
-from ganjax.bench import peaks
+from ganjax import hardware
 
 DEVICE_COUNTS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-# Between TPU slices (data-center network), per chip, one direction. Not in PEAKS because inside a slice
-# it is never used; v4 pods reach 4096 chips on ICI alone.
-DCN_BYTES_PER_S = {
-    "v4": None,
-    "v5e": 2 * 100e9 / 8 / 8,  # 2 x 100 Gbps NICs per 8-chip host (cloud.google.com/tpu/docs/v5e)
-    "v5p": 50e9 / 8,  # 50 Gbps DCN per chip (cloud.google.com/tpu/docs/v5p)
-    "v6e": 2 * 100e9 / 8 / 8,  # assumption: v5e's per-host NICs (the v6e table gives no DCN figure)
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class CommOp:
@@ -58,11 +48,8 @@ def comm_ops_from_hlo(collectives: list[dict], weight: float) -> list[CommOp]:
 
 
 def _bandwidths(device_key: str, n: int):
-    p = peaks.lookup(device_key)
-    fast, node = p.link_bytes_per_s, p.node_size
-    slow = p.inter_node_bytes_per_s
-    if device_key in DCN_BYTES_PER_S and DCN_BYTES_PER_S[device_key]:
-        slow = DCN_BYTES_PER_S[device_key]
+    p = hardware.lookup(device_key)
+    fast, node, slow = p.link_bytes_per_s, p.node_size, p.inter_node_bytes_per_s
     g = min(n, node)
     return fast, slow, g, max(n // g, 1), p.collective_latency_s
 
