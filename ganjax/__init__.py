@@ -1,5 +1,7 @@
 """ganjax: GANsformer and StyleGAN2 in JAX/Flax."""
 
+import glob
+import importlib.util
 import os
 from importlib import metadata
 
@@ -28,3 +30,22 @@ def _cpu_convolutions_on_eigen():
 
 
 _cpu_convolutions_on_eigen()
+
+
+def _no_tpu_backend_without_tpu_chips():
+    """Keep JAX from starting its TPU backend on a host that has libtpu installed but no TPU chips.
+
+    libtpu is installed on CPU hosts to compile for TPU slices (`ganjax plan`); JAX would then try a TPU
+    backend at start-up, print a screen of libtpu warnings and fall back to the CPU. Without TPU device
+    files (/dev/accel* on v4/v5e, /dev/vfio/N on v5p/v6e) and without a user's JAX_PLATFORMS, the TPU is
+    left out: the platforms become 'cuda,cpu' where JAX's CUDA plugin is installed, else 'cpu'.
+    """
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    cuda = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+
+
+_no_tpu_backend_without_tpu_chips()

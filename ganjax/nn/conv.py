@@ -32,27 +32,31 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ganjax.nn import precision
+from ganjax.nn import backend, precision
 from ganjax.nn.precision import is_mixed
 
 IMPLS = ("matmul", "xla")
 OPS = ("conv", "strided", "grouped", "transpose")  # shared-kernel conv (stride 1, stride > 1), per-sample-kernel conv, transposed conv
 
 
-@functools.cache
 def default_impl(op: str = "conv", dtype="float32") -> str:
-    """The faster implementation of `op` (one of OPS) for inputs of `dtype` on the default backend (see the
-    module docstring)."""
+    """The faster implementation of `op` (one of OPS) for inputs of `dtype` on the backend being traced for
+    (ganjax.nn.backend; see the module docstring)."""
+    return _default_impl(op, jnp.dtype(dtype).name, backend.platform())
+
+
+@functools.cache
+def _default_impl(op: str, dtype: str, platform: str) -> str:
     if op not in OPS:
         raise ValueError(f"conv op {op!r} is not one of {OPS}")
-    if jax.default_backend() != "cpu":
+    if platform != "cpu":
         return "xla"
     return "xla" if op == "conv" and not is_mixed(dtype) else "matmul"
 
 
 def resolve_impl(impl: str | None, op: str = "conv", dtype="float32") -> str:
     if impl in (None, "auto"):
-        return default_impl(op, jnp.dtype(dtype).name)
+        return default_impl(op, dtype)
     if impl not in IMPLS:
         raise ValueError(f"conv impl {impl!r} is not one of {('auto',) + IMPLS}")
     return impl

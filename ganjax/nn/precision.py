@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ganjax.nn import backend
+
 
 def is_mixed(dtype) -> bool:
     """Whether contractions of this dtype multiply in it and accumulate in float32."""
@@ -52,7 +54,7 @@ def _contract32(spec, a, b):
     it, and when layout assignment folds a transpose into the dot it falls back to a thunk that fails at run
     time ("Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32"); for example the FIR
     gradient einsum "azcd,zb->abcd" did. The optimization barriers keep the transposes out of the dot."""
-    if jax.default_backend() != "cpu":
+    if backend.platform() != "cpu":
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
     ins, out = spec.split("->")
     sa, sb = ins.split(",")

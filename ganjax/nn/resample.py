@@ -11,6 +11,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from ganjax.nn import backend
+
 DEFAULT_FILTER = (1.0, 3.0, 3.0, 1.0)
 
 
@@ -22,8 +24,9 @@ def setup_filter(f=DEFAULT_FILTER) -> np.ndarray:
     return f / f.sum()
 
 
-# Axes up to this length are resampled by one matmul with a banded [n_out, n_in] matrix (more FLOPs, but one
-# fused dot instead of pad/slice/multiply-add chains, which XLA:CPU runs slowly); longer axes use the taps.
+# On CPU, axes up to this length are resampled by one matmul with a banded [n_out, n_in] matrix (more FLOPs,
+# but one fused dot instead of pad/slice/multiply-add chains, which XLA:CPU runs slowly); longer axes, and
+# every axis on GPU/TPU (where XLA fuses the taps into one memory-bound pass), use the taps.
 MATRIX_MAX_LEN = 64
 
 
@@ -36,7 +39,7 @@ def _resample_matrix(n, taps, up, down, p0, p1, gain):
 
 def _upfirdn_axis(x, f, up, down, p0, p1, axis, gain):
     n = x.shape[axis]
-    if n <= MATRIX_MAX_LEN:
+    if n <= MATRIX_MAX_LEN and backend.platform() == "cpu":
         m = jnp.asarray(_resample_matrix(n, tuple(float(t) for t in f), up, down, p0, p1, float(gain)))
         # One batched matmul over the axes before `axis`, with the axes after it as columns: no transpose of x
         # (XLA:CPU's transposes with this small minor dimension were slower than the matmul itself). In
