@@ -88,24 +88,9 @@ class Evaluator:
 
     # -- fakes ---------------------------------------------------------------------------------------------
     def _generator(self, G, psi: float):
-        psi = float(psi)
-        key = (G, psi)  # one compile per model and psi; seed and batch index are arguments
+        key = (G, float(psi))  # one compile per model and psi; seed and batch index are arguments
         if key not in self._generators:
-            cfg, batch, sharding = G.cfg, self.batch_size, self.batch_sharding
-
-            def one(image_key, variables):
-                k_z, k_noise = jax.random.split(image_key)
-                z = jax.random.normal(k_z, (1, cfg.num_latents, cfg.z_dim))
-                return G.apply(variables, z, truncation_psi=psi, noise_mode="random", rngs={"noise": k_noise})[0]
-
-            def generate(params, buffers, seed, index):
-                # Image i's latents and noise come from fold_in(key(seed), i) alone, so the images (and the
-                # scores) do not depend on the batch size or on how many devices share it.
-                ids = jax.lax.with_sharding_constraint(index * batch + jnp.arange(batch), sharding)
-                image_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), ids)
-                return jax.vmap(one, in_axes=(0, None))(image_keys, {"params": params, "buffers": buffers})
-
-            self._generators[key] = jax.jit(generate, out_shardings=sharding)
+            self._generators[key] = image_generator(G, self.batch_size, self.batch_sharding, float(psi))
         return self._generators[key]
 
     def __call__(self, G, params, buffers, *, psi: float = 1.0, seed: int = 0) -> dict:
@@ -114,6 +99,25 @@ class Evaluator:
         generate = self._generator(G, psi)
         batches = lambda index: generate(params, buffers, int(seed), index)  # noqa: E731
         return metrics_lib.compute_metrics(batches, self.num_images, reference, self.extractor, self.metrics)
+
+
+def image_generator(G, batch: int, sharding, psi: float = 1.0):
+    """jit(generate(params, buffers, seed, index) -> images [batch, R, R, C]) of batch number `index`, in
+    `sharding`: image i's latents and noise come from fold_in(key(seed), i) alone, so the images (and the
+    scores) do not depend on the batch size or on how many devices share it."""
+    cfg = G.cfg
+
+    def one(image_key, variables):
+        k_z, k_noise = jax.random.split(image_key)
+        z = jax.random.normal(k_z, (1, cfg.num_latents, cfg.z_dim))
+        return G.apply(variables, z, truncation_psi=psi, noise_mode="random", rngs={"noise": k_noise})[0]
+
+    def generate(params, buffers, seed, index):
+        ids = jax.lax.with_sharding_constraint(index * batch + jnp.arange(batch), sharding)
+        image_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), ids)
+        return jax.vmap(one, in_axes=(0, None))(image_keys, {"params": params, "buffers": buffers})
+
+    return jax.jit(generate, out_shardings=sharding)
 
 
 class PeriodicEvaluation:

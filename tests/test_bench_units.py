@@ -193,15 +193,14 @@ def test_cost_meter_accumulates_flops_device_time_and_money():
 
 
 def test_variant_weights_follow_the_lazy_intervals():
-    from ganjax.bench.run import variant_weights
     from ganjax.train.step import StepConfig
 
     t = base_config().train
     t.pl_weight = 2.0  # R1 every 16, path length every 4
-    w = variant_weights(StepConfig.from_config(type("C", (), {"train": t})))
+    w = StepConfig.from_config(type("C", (), {"train": t})).variant_weights()
     assert w == {(True, True): 1 / 16, (False, True): 3 / 16, (False, False): 12 / 16}
     t.pl_weight, t.r1_gamma = 0.0, 0.0
-    assert variant_weights(StepConfig.from_config(type("C", (), {"train": t}))) == {(False, False): 1.0}
+    assert StepConfig.from_config(type("C", (), {"train": t})).variant_weights() == {(False, False): 1.0}
 
 
 def test_mesh_flag_parsing():

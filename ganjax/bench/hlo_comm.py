@@ -11,7 +11,8 @@ The XLA CPU backend writes a reduce-scatter as an all-reduce whose only user is 
 it; such pairs are counted as reduce-scatters (flag `from_all_reduce`), which is what GPU and TPU compile.
 Limits: an instruction inside a while loop body is counted once per program, not per trip (the ganjax
 steps have no loops around collectives; `in_loop` marks any that do); async `-start`/`-done` pairs count
-once.
+once, and so do the instructions that share one channel_id (the TPU compiler writes one asynchronous
+all-gather as a chain of `async_collective_fusion` computations, each holding a copy of it).
 """
 
 import dataclasses
@@ -90,7 +91,7 @@ def parse(hlo_text: str, num_devices: int | None = None) -> list[Collective]:
     lines = hlo_text.splitlines()
     loop_bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo_text))
     users: dict[str, list[tuple[str, str, str]]] = {}  # operand -> [(user name, user shape, user op)]
-    found, comp = [], ""
+    found, comp, channels = [], "", set()
     for line in lines:
         cm = _COMP.match(line)
         if cm and "=" not in line.split("{")[0]:
@@ -111,6 +112,11 @@ def parse(hlo_text: str, num_devices: int | None = None) -> list[Collective]:
             nbytes = max(sizes) if base in ("all-gather", "collective-permute") else sum(sizes) // 2
         else:
             nbytes = sum(sizes)
+        channel = re.search(r"channel_id=(\d+)", rest)
+        if channel:  # the TPU compiler splits one async collective into several fusions sharing its channel
+            if (base, channel.group(1)) in channels:
+                continue
+            channels.add((base, channel.group(1)))
         n = group_size(rest, num_devices)
         found.append(Collective(base, name, shape, nbytes, n, ring_bytes(base, nbytes, n), comp,
                                 in_loop=comp in loop_bodies))
@@ -128,13 +134,17 @@ def parse(hlo_text: str, num_devices: int | None = None) -> list[Collective]:
 
 
 def summarize(collectives: list[Collective]) -> dict:
-    """Totals per kind: count, result bytes and ring bytes sent per device."""
+    """Totals per kind: count, result bytes and ring bytes sent per device, and the result bytes per
+    replica-group size (a gradient all-reduce spans the whole batch axis; minibatch-std's span a group)."""
     out = {"total_ring_bytes": 0.0, "count": len(collectives), "by_kind": {}}
     for c in collectives:
-        k = out["by_kind"].setdefault(c.kind, {"count": 0, "result_bytes": 0, "ring_bytes": 0.0})
+        k = out["by_kind"].setdefault(c.kind, {"count": 0, "result_bytes": 0, "ring_bytes": 0.0,
+                                               "result_bytes_by_group_size": {}})
         k["count"] += 1
         k["result_bytes"] += c.result_bytes
         k["ring_bytes"] += c.ring_bytes
+        groups = k["result_bytes_by_group_size"]
+        groups[c.group_size] = groups.get(c.group_size, 0) + c.result_bytes
         out["total_ring_bytes"] += c.ring_bytes
     return out
 

@@ -51,3 +51,14 @@ def maybe_initialize_distributed(config) -> bool:
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def barrier(name: str, timeout_s: float = 3600.0):
+    """Every process waits here until all arrive (a no-op with one process). It goes through the
+    distributed runtime's coordination service, not a collective, so a process that arrives late (still
+    compiling) does not trip a collective's own short timeout (gloo's is 30 s)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the runtime's client; no public barrier without a collective in jax 0.10
+
+    distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))

@@ -16,6 +16,8 @@ folds its index into the key, so their draws are independent.
 """
 
 import dataclasses
+import math
+import time
 from typing import Callable
 
 import jax
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ganjax.parallel.distributed import barrier
 from ganjax.parallel.mesh import batch_axes
 from ganjax.parallel.rules import for_compute
 from ganjax.train import losses
@@ -68,6 +71,20 @@ class StepConfig:
         r1 = self.r1_interval > 0 and step % self.r1_interval == 0
         pl = self.pl_interval > 0 and step % self.pl_interval == 0
         return r1, pl
+
+    def variant_weights(self) -> dict[tuple[bool, bool], float]:
+        """Fraction of loop iterations that run each (R1, PL) variant, over one full period of both."""
+        period = math.lcm(max(self.r1_interval, 1), max(self.pl_interval, 1))
+        counts: dict[tuple[bool, bool], int] = {}
+        for s in range(period):
+            v = self.phases_at(s)
+            counts[v] = counts.get(v, 0) + 1
+        return {v: c / period for v, c in sorted(counts.items())}
+
+
+def variant_name(variant: tuple[bool, bool]) -> str:
+    """'plain', 'r1', 'pl' or 'r1+pl'."""
+    return "plain" if not any(variant) else "+".join(n for n, on in zip(("r1", "pl"), variant) if on)
 
 
 def _micro_batches(x, n: int):
@@ -214,6 +231,8 @@ class Iteration:
 
         def run(name, fn, batched, *args):
             grads, aux = self._mean(_accumulate(lambda k, *mb: fn(k, *mb, *args), n, keys[name], *batched))
+            if self.param_shardings is not None:  # reduce(-scatter) the gradients straight to the params' shards
+                grads = jax.lax.with_sharding_constraint(grads, self.param_shardings[0 if name.startswith("g") else 1])
             finite.append(_all_finite(grads))
             metrics[f"grad_norm/{name}"] = optax.tree.norm(grads)
             return grads, aux
@@ -266,11 +285,19 @@ class TrainStep:
     jax 0.10.2, both timed in one process on a loaded 2-core machine): separate programs 0.63 s plain /
     0.80 s with R1; one program with lax.cond over the R1 phase 8.3 s / 12.3 s, with one 96 s compile
     instead of 41 + 55 s.
+
+    Each variant is compiled ahead of its first run (or loaded from the persistent compilation cache,
+    ganjax/compilation_cache.py), and with several processes they all wait at a barrier of the
+    distributed runtime before running it: one process may load it from the cache in a second while
+    another compiles for minutes, and the first collective would otherwise time out waiting.
+    `on_compiled(name, seconds)` is told each compile (or cache load) as it finishes.
     """
 
     cfg: StepConfig
     build: Callable[[bool, bool], Callable]
+    on_compiled: Callable[[str, float], None] | None = None
     _cache: dict = dataclasses.field(default_factory=dict)
+    _compiled: dict = dataclasses.field(default_factory=dict)
 
     def variant(self, do_r1: bool, do_pl: bool):
         key = (bool(do_r1), bool(do_pl))
@@ -280,7 +307,31 @@ class TrainStep:
 
     def __call__(self, state, reals, step: int):
         """Runs iteration number `step` (a host int: which lazy phases run is decided without a sync)."""
-        return self.variant(*self.cfg.phases_at(step))(state, reals)
+        key = self.cfg.phases_at(step)
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = self.variant(*key).lower(state, reals).compile()
+            barrier(f"ganjax.train_step.{variant_name(key)}")
+            if self.on_compiled is not None:
+                self.on_compiled(variant_name(key), time.perf_counter() - t0)
+        return self._compiled[key](state, reals)
+
+
+def gathered_param_shardings(config, state_shardings):
+    """(G, D) storage shardings of the params for strategies whose models use their params gathered over
+    'fsdp' (ganjax.parallel.rules.compute_sharding), else None.
+
+    fsdp: ZeRO-3. Each layer's weights are all-gathered for the forward and backward passes and the
+    gradients reduce-scattered back to the shards. Left to itself, XLA's sharding propagation instead
+    partitioned some layers' activations over the channels held by 'fsdp' (all-reduce-scatters and
+    all-to-alls of activations in G's forward pass, compiled for a v5e-4), which costs activation-sized
+    traffic per layer where the gather costs weight-sized traffic, and activations are far larger at
+    training batches (a 256^2 x 128 map is 32 MiB per image, its 3x3 conv 0.6 MiB).
+    fsdp_tp: the same gather over 'fsdp' (kept split over 'model'), which also works around an XLA
+    partitioner bug that permutes batch rows in dots mixing the two axes."""
+    if config.parallel.strategy in ("fsdp", "fsdp_tp"):
+        return state_shardings.g_params, state_shardings.d_params
+    return None
 
 
 def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainStep:
@@ -309,13 +360,8 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
             raise ValueError(f"model.mbstd_group: the per-device micro-batch {micro} of the shard_map strategy "
                              f"is not divisible by the minibatch-std group {group}")
         iteration = Iteration(G, D, g_opt, d_opt, cfg, axis_names=baxes)
-    elif strategy == "fsdp_tp":
-        # Params used gathered over 'fsdp' (kept split over 'model'): works around an XLA partitioner bug
-        # that permutes batch rows in dots mixing the two axes (ganjax.parallel.rules.compute_sharding).
-        iteration = Iteration(G, D, g_opt, d_opt, cfg,
-                              param_shardings=(state_shardings.g_params, state_shardings.d_params))
     else:
-        iteration = Iteration(G, D, g_opt, d_opt, cfg)
+        iteration = Iteration(G, D, g_opt, d_opt, cfg, param_shardings=gathered_param_shardings(config, state_shardings))
 
     def build(do_r1, do_pl):
         def step_fn(state: TrainState, reals):

@@ -1,0 +1,124 @@
+"""The programs a training run executes, as jitted functions with abstract arguments, ready to compile ahead
+of time: the iteration variants the loop runs (plain, +R1, +PL, weighted by how often it runs each), every
+phase on its own (for per-phase costs), and G_ema's batch image generation as evaluation runs it.
+
+All of them come from a `setup.Training`, so what is compiled is what the trainer runs, on whatever devices
+its mesh holds: the real ones, virtual CPU devices, or the abstract devices of a TPU slice this host does
+not have (`ganjax plan`, which compiles with `platform="tpu"` so the models trace for the TPU).
+"""
+
+import contextlib
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ganjax import parallel
+from ganjax.nn import backend
+from ganjax.train.step import Iteration, gathered_param_shardings, variant_name
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    kind: str  # "iteration" | "phase" | "sample"
+    weight: float  # runs per amortised iteration (0 for a program outside the iteration)
+    fn: Callable  # jitted
+    args: tuple  # abstract arguments: ShapeDtypeStructs with shardings
+
+    def lower(self, platform: str | None = None):
+        """(lowered, seconds to trace and lower), traced for `platform` (None: the backend JAX runs on)."""
+        context = backend.tracing_for(platform) if platform else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with context:
+            lowered = self.fn.lower(*self.args)
+        return lowered, time.perf_counter() - t0
+
+    def compile(self, platform: str | None = None):
+        """(compiled, seconds to trace and lower, seconds to compile)."""
+        lowered, lower_s = self.lower(platform)
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        return compiled, lower_s, time.perf_counter() - t0
+
+
+def abstract_reals(tr) -> jax.ShapeDtypeStruct:
+    """The global batch of real images as the loader delivers it."""
+    m = tr.model_cfg
+    shape = (int(tr.config.train.batch_size), m.resolution, m.resolution, m.num_channels)
+    return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=tr.batch_sharding)
+
+
+def iteration_programs(tr) -> list[Program]:
+    """The loop's iteration variants, each with the fraction of iterations that run it."""
+    state, reals = tr.abstract_state(), abstract_reals(tr)
+    step = tr.train_step
+    return [Program(variant_name(v), "iteration", w, step.variant(*v), (state, reals))
+            for v, w in step.cfg.variant_weights().items()]
+
+
+def phase_programs(tr) -> list[Program]:
+    """Each phase of the iteration with its optimizer update as its own (state, reals) -> state program
+    (the same phase code as the train step, with its fsdp/fsdp_tp compute layout), weighted by how often it
+    runs. The phases' sum differs from a whole iteration by what XLA fuses across phases."""
+    cfg = tr.train_step.cfg
+    it = Iteration(tr.G, tr.D, tr.g_opt, tr.d_opt, cfg,
+                   param_shardings=gathered_param_shardings(tr.config, tr.state_shardings))
+    z_shape = (cfg.batch_size, tr.model_cfg.num_latents, tr.model_cfg.z_dim)
+
+    def g_main(st, reals, key, z):
+        grads, aux = it._g_main(key, z, st.g_params, st.g_buffers, st.d_params)
+        p, o = it._update(it.g_opt, st.g_params, st.g_opt_state, grads)
+        return st.replace(g_params=p, g_opt_state=o, g_buffers=aux["buffers"])
+
+    def d_main(st, reals, key, z):
+        grads, _ = it._d_main(key, z, reals, st.g_params, st.g_buffers, st.d_params)
+        p, o = it._update(it.d_opt, st.d_params, st.d_opt_state, grads)
+        return st.replace(d_params=p, d_opt_state=o)
+
+    def d_r1(st, reals, key, z):
+        grads, _ = it._d_r1(key, reals, st.d_params)
+        p, o = it._update(it.d_opt, st.d_params, st.d_opt_state, grads)
+        return st.replace(d_params=p, d_opt_state=o)
+
+    def g_pl(st, reals, key, z):
+        grads, aux = it._g_pl(key, z, st.g_params, st.g_buffers, st.pl_mean)
+        p, o = it._update(it.g_opt, st.g_params, st.g_opt_state, grads)
+        return st.replace(g_params=p, g_opt_state=o, pl_mean=aux["pl_mean"])
+
+    phases = [("g_main", g_main, 1.0), ("d_main", d_main, 1.0)]
+    if cfg.r1_interval > 0:
+        phases.append(("d_r1", d_r1, 1 / cfg.r1_interval))
+    if cfg.pl_interval > 0:
+        phases.append(("g_pl", g_pl, 1 / cfg.pl_interval))
+    args = (tr.abstract_state(), abstract_reals(tr))
+    out = []
+    for name, fn, weight in phases:
+        def program(st, reals, fn=fn):
+            key = jax.random.wrap_key_data(st.rng)
+            k_next, k_z, k_phase = jax.random.split(key, 3)
+            new = fn(st, reals, k_phase, jax.random.normal(k_z, z_shape, jnp.float32))
+            return new.replace(rng=jax.random.key_data(k_next))
+
+        jitted = jax.jit(program, in_shardings=(tr.state_shardings, tr.batch_sharding),
+                         out_shardings=tr.state_shardings, donate_argnums=0)
+        out.append(Program(name, "phase", weight, jitted, args))
+    return out
+
+
+def sample_program(tr, batch_size: int) -> Program:
+    """G_ema generating one batch of images as evaluation does (batch-sharded over every device, random
+    noise, no truncation); the batch is rounded up to fill every device."""
+    from ganjax.evaluate import image_generator  # evaluate imports the metrics; only this program needs them
+
+    devices = tr.mesh.size
+    batch = -(-int(batch_size) // devices) * devices
+    sharding = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(tuple(tr.mesh.axis_names)))
+    state = tr.abstract_state()
+    replicated = parallel.replicated(tr.mesh)
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
+    fn = image_generator(tr.G, batch, sharding, psi=1.0)
+    return Program(f"sample[{batch}]", "sample", 0.0, fn,
+                   (state.g_ema_params, state.g_ema_buffers, scalar(jnp.int32), scalar(jnp.int32)))
