@@ -13,6 +13,7 @@ COMMANDS = {
     "sample": "generate images, attention overlays, interpolations from a checkpoint",
     "eval": "FID / KID / precision-recall of a checkpoint",
     "bench": "step time, img/s, FLOPs, MFU, memory and communication of a config",
+    "plan": "compile for a TPU slice on this host: HBM fit, roofline step time, cost of a run",
     "sweep": "run (or print) a sweep defined by a config's get_sweep()",
     "data": "prepare or show a dataset",
     "export": "write a generator-only inference checkpoint",

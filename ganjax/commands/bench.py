@@ -64,8 +64,16 @@ def main(argv):
     from ganjax.bench import run, sweep as sweep_lib
     from ganjax.config import validate
 
+    if FLAGS.scaling:  # may compile for an abstract TPU slice (libtpu reads its environment when it loads)
+        from ganjax.plan import tpu
+
+        tpu.prepare_environment()
     cpu_devices = _setup_devices(config)
     import jax
+
+    from ganjax import compilation_cache
+
+    cache_dir = compilation_cache.enable(config.compilation_cache)
 
     b = config.bench
     steps = b.steps if FLAGS.steps is None else FLAGS.steps
@@ -109,9 +117,12 @@ def main(argv):
                     num_devices=num_devices)
     rec["cpu_devices"] = cpu_devices if rec["platform"] == "cpu" else None
     rec["load_average"] = os.getloadavg()
+    rec["compilation_cache"] = cache_dir  # with a cache, a repeated bench's compile_s is the time to load it
     if FLAGS.json:
         print(json.dumps(rec))
     text = run.markdown_table([rec]) + "\n\n" + run.phase_table(rec) + "\n"
+    if "peak_error" in rec:
+        text += f"\nwarning: {rec['peak_error']}\n"
     if out:
         with open(os.path.join(out, "bench.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,204 @@
+"""Plans as text, and the two searches over plans: the largest per-chip batch that fits (bisection over
+compiles) and a sweep of slices x strategies x model sizes (CSV, markdown, plots)."""
+
+import csv
+import json
+import math
+import os
+
+from ganjax import presets
+from ganjax.plan import compile as compile_lib
+
+GIB = 2**30
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def markdown(rec: dict) -> str:
+    chip = rec["chip"]
+    mesh = ",".join(f"{k}={v}" for k, v in rec["mesh"].items())
+    lines = [f"# Plan: {rec['name']} on {rec['slice']} ({rec['chips']} x {chip['name']}, {rec['topology']})", "",
+             f"strategy {rec['strategy']}, mesh {mesh}, global batch {rec['batch']} ({rec['batch_per_chip']:g} per "
+             f"chip), {rec['resolution']}^2, compute {rec['compute_dtype']}, remat {rec['remat']}; "
+             f"G {rec['params']['g']:,} + D {rec['params']['d']:,} parameters", "",
+             f"**HBM per chip: {rec['verdict']}.**", ""]
+    st = rec["state_per_chip"]
+    lines += [f"State per chip: params (G, G_ema, D) {st['params_bytes'] / GIB:.3f} GiB, Adam state "
+              f"{st['opt_state_bytes'] / GIB:.3f} GiB, batch {st['batch_bytes'] / GIB:.3f} GiB; usable HBM "
+              f"{chip['usable_hbm_bytes'] / GIB:.2f} GiB (the TPU compiler's figure; datasheet "
+              f"{chip['hbm_bytes'] / GIB:.2f} GiB)", "",
+              "| program | runs/iter | compile s | args GiB | temp GiB | code MiB | HBM GiB | TFLOP (XLA) "
+              "| TFLOP (analytic) | GB accessed | comm MB (by kind) | compute | HBM | comm | roofline | bound "
+              "| optimal_seconds |",
+              "|" + "---|" * 17]
+    for name, p in rec["programs"].items():
+        if "oom" in p:
+            o = p["oom"]
+            need = o.get("required_bytes", math.nan) / GIB
+            lines.append(f"| {name} | {p['weight']:.4g} | {p['compile_s']:.1f} | | | | refused: needs {need:.2f} "
+                         f"of {o.get('available_bytes', math.nan) / GIB:.2f} | | | | | | | | | | |")
+            continue
+        mem, r = p["memory"], p["roofline"]
+        comm = ", ".join(f"{k} {v['ring_bytes'] / 1e6:.3g}" for k, v in p["comm"].items()) or "-"
+        analytic = f"{p['analytic_flops'] / 1e12:.4g}" if "analytic_flops" in p else ""
+        compile_s = f"{p['compile_s']:.1f}" + (" (cached)" if p.get("cached") else "")
+        lines.append(
+            f"| {name} | {p['weight']:.4g} | {compile_s} | {mem['argument_bytes'] / GIB:.3f} | "
+            f"{mem['temp_bytes'] / GIB:.3f} | {mem['code_bytes'] / 2**20:.1f} | {mem['hbm_bytes'] / GIB:.3f} | "
+            f"{p['flops'] / 1e12:.4g} | {analytic} | {p['bytes_accessed'] / 1e9:.4g} | {comm} | "
+            f"{_ms(r['compute_s'])} | {_ms(r['hbm_s'])} | {_ms(r['comm_s'])} | {_ms(r['step_s'])} | {r['bound']} | "
+            f"{_ms(p['optimal_seconds'])} |")
+    it = rec.get("iteration")
+    if it:
+        lines += ["", f"**Amortised iteration (roofline, per chip): {_ms(it['step_s'])}, bound by {it['bound']}** "
+                  f"(compute {_ms(it['compute_s'])}, HBM {_ms(it['hbm_s'])}, interconnect {_ms(it['comm_s'])}; "
+                  f"the compiler's optimal_seconds {_ms(it['optimal_seconds'])}); communication "
+                  f"{100 * it['comm_share']:.1f}% of the roofline step.",
+                  f"Ceilings: {it['img_per_s_per_chip']:.4g} img/s per chip ({it['img_per_s_per_chip'] * rec['chips']:.4g} "
+                  f"on the slice), MFU {100 * it['mfu_ceiling']:.1f}% (analytic {it['analytic_flops'] / 1e12:.4g} "
+                  f"TFLOP per chip per iteration, XLA {it['flops'] / 1e12:.4g}).", ""]
+        cost = rec["cost"]
+        lines.append(f"Cost of {cost['total_kimg']:g} kimg ({cost['steps']:,} iterations):")
+        for key, label in (("roofline", "at the roofline"), ("assumed_mfu", f"at MFU {cost['assume_mfu']:g} (assumed)")):
+            k = cost[key]
+            money = (f", {k['cost']:,.0f} at {cost['price_per_chip_hour']:g} per chip-hour" if k["cost"] is not None
+                     else " (no price given: --price or config.train.price_per_device_hour)")
+            lines.append(f"- {label}: {_ms(k['step_s'])}/iteration, {k['wall_hours']:,.1f} h wall, "
+                         f"{k['chip_hours']:,.0f} chip-hours{money}")
+    lines += ["", f"Compile time, all programs: {rec['compile_s']:.0f} s on this host. Chip constants: {chip['source']}."]
+    return "\n".join(lines) + "\n"
+
+
+def fits(config, slice_name: str, batch_per_chip: int, strategy: str) -> tuple[bool, dict]:
+    """(fits, plan record) of the heaviest iteration variant at this per-chip batch."""
+    rec = compile_lib.plan(config, slice_name, strategy=strategy, batch_per_chip=batch_per_chip, phases=False,
+                           sample=False, variants="heaviest")
+    return rec["memory"]["fits"], rec
+
+
+def max_batch(config, slice_name: str, strategy: str, *, step: int = 4, limit: int = 4096, log=print) -> dict:
+    """The largest per-chip batch (a multiple of `step`, the minibatch-std group) whose heaviest iteration
+    fits, by doubling then bisection over compiles. {'strategy', 'max_batch_per_chip', 'tried': {b: fits}}."""
+    tried: dict[int, bool] = {}
+
+    def ok(b):
+        if b not in tried:
+            tried[b], rec = fits(config, slice_name, b, strategy)
+            log(f"plan --max_batch {strategy}: {b} per chip {'fits' if tried[b] else 'does not fit'} "
+                f"({rec['memory']['needed_bytes'] / GIB:.2f} of {rec['memory']['usable_bytes'] / GIB:.2f} GiB)")
+        return tried[b]
+
+    lo, hi = 0, step  # lo fits (0 trivially), hi untested
+    while hi <= limit and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + step)
+    while hi - lo > step:  # invariant: lo fits (or 0), hi does not (or is past the limit)
+        mid = (lo + hi) // (2 * step) * step
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"strategy": strategy, "max_batch_per_chip": lo, "tried": dict(sorted(tried.items()))}
+
+
+SWEEP_COLUMNS = ("name", "size", "slice", "chips", "strategy", "batch_per_chip", "fits", "hbm_gib_per_chip",
+                 "usable_hbm_gib", "comm_mb_per_chip", "roofline_step_s", "bound", "comm_share",
+                 "img_per_s_per_chip", "mfu_ceiling", "compile_s")
+
+
+def sweep_row(rec: dict, size: str) -> dict:
+    it = rec.get("iteration", {})
+    return {"name": rec["name"], "size": size, "slice": rec["slice"], "chips": rec["chips"],
+            "strategy": rec["strategy"], "batch_per_chip": rec["batch_per_chip"], "fits": rec["memory"]["fits"],
+            "hbm_gib_per_chip": rec["memory"]["needed_bytes"] / GIB,
+            "usable_hbm_gib": rec["memory"]["usable_bytes"] / GIB,
+            "comm_mb_per_chip": it.get("comm_bytes", math.nan) / 1e6, "roofline_step_s": it.get("step_s", math.nan),
+            "bound": it.get("bound", ""), "comm_share": it.get("comm_share", math.nan),
+            "img_per_s_per_chip": it.get("img_per_s_per_chip", math.nan),
+            "mfu_ceiling": it.get("mfu_ceiling", math.nan), "compile_s": rec["compile_s"]}
+
+
+def sweep(config, slices: list[str], strategies: list[str], sizes: list[str], batch_per_chip: int, out_dir: str, *,
+          max_batch_search: bool = False, plan_one=None, log=print) -> list[dict]:
+    """Every slice x strategy x size: a plan (its iteration variants) per point, appended to
+    out_dir/plan_sweep.jsonl; then plan_sweep.csv, plan_sweep.md and plan_sweep.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows, maxes = [], []
+    for size in sizes:
+        if size not in presets.SIZES:
+            raise compile_lib.PlanError(f"--sweep_sizes: {size!r} is not one of {tuple(presets.SIZES)}")
+        sized = presets.apply_size(config.copy_and_resolve_references(), size)
+        for slice_name in slices:
+            for strategy in strategies:
+                rec = plan_one(sized, slice_name, strategy, batch_per_chip)
+                rows.append(sweep_row(rec, size))
+                with open(os.path.join(out_dir, "plan_sweep.jsonl"), "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                log(f"plan --sweep size={size} {slice_name} {strategy}: {rec['verdict']}")
+                if max_batch_search:
+                    mb = max_batch(sized, slice_name, strategy, log=log)
+                    maxes.append({"size": size, "slice": slice_name, "g_plus_d_params": sum(rec["params"].values()),
+                                  **mb})
+    with open(os.path.join(out_dir, "plan_sweep.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(out_dir, "plan_sweep.md"), "w") as f:
+        f.write("| " + " | ".join(SWEEP_COLUMNS) + " |\n|" + "---|" * len(SWEEP_COLUMNS) + "\n")
+        for r in rows:
+            f.write("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
+                                      for k in SWEEP_COLUMNS) + " |\n")
+        if maxes:
+            f.write("\n| size | slice | strategy | G+D params | max batch per chip |\n|---|---|---|---|---|\n")
+            for m in maxes:
+                f.write(f"| {m['size']} | {m['slice']} | {m['strategy']} | {m['g_plus_d_params']:,} | "
+                        f"{m['max_batch_per_chip']} |\n")
+    plot(rows, maxes, out_dir)
+    return rows
+
+
+def plot(rows: list[dict], maxes: list[dict], out_dir: str) -> str:
+    import matplotlib  # deferred: plotting is the only user
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("hbm_gib_per_chip", "HBM per chip (GiB)"), ("comm_mb_per_chip", "communication per chip per iteration (MB)"),
+              ("roofline_step_s", "roofline iteration (s), marker = bound")]
+    n = len(panels) + (1 if maxes else 0)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4))
+    markers = {"compute": "o", "hbm": "s", "comm": "^", "": "x"}
+    series = sorted({(r["size"], r["strategy"], r["slice"].split("-")[0]) for r in rows})
+    for ax, (key, label) in zip(axes, panels):
+        for size, strategy, gen in series:
+            pts = sorted((r["chips"], r[key], r["bound"]) for r in rows
+                         if (r["size"], r["strategy"], r["slice"].split("-")[0]) == (size, strategy, gen))
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", label=f"{gen} {size} {strategy}")
+            for x, y, b in pts:
+                ax.plot([x], [y], markers.get(b, "x") if key == "roofline_step_s" else "o", color=line.get_color())
+        if key == "hbm_gib_per_chip":
+            for gen in sorted({r["slice"].split("-")[0] for r in rows}):
+                usable = next(r["usable_hbm_gib"] for r in rows if r["slice"].startswith(gen + "-"))
+                ax.axhline(usable, ls=":", color="grey")
+                ax.annotate(f"{gen} usable", (ax.get_xlim()[0], usable), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("chips")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    if maxes:
+        ax = axes[-1]
+        for slice_name, strategy in sorted({(m["slice"], m["strategy"]) for m in maxes}):
+            pts = sorted((m["g_plus_d_params"], m["max_batch_per_chip"]) for m in maxes
+                         if (m["slice"], m["strategy"]) == (slice_name, strategy))
+            ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "o-", label=f"{slice_name} {strategy}")
+        ax.set_xscale("log")
+        ax.set_xlabel("G + D parameters (M)")
+        ax.set_ylabel("max batch per chip")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "plan_sweep.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

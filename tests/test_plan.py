@@ -1,0 +1,182 @@
+"""`ganjax plan`: the real training step compiled for TPU slices on this CPU host (libtpu's ahead-of-time
+compiler), checked against numbers derived independently of the compiler: the parameter counts of the layer
+walk (ganjax/bench/flops.py, equal to the reference's), the Adam state they imply, the batch bytes.
+
+Without libtpu (`pip install 'jax[tpu]'`, in the test extras) the compiling tests are skipped with that
+reason; the bad-input tests run everywhere."""
+
+import os
+import sys
+
+import pytest
+
+from ganjax.bench import flops
+from ganjax.config import ConfigError, base_config
+from ganjax.plan import tpu
+
+tpu.prepare_environment()
+NO_LIBTPU = tpu.libtpu_missing_reason()
+needs_libtpu = pytest.mark.skipif(NO_LIBTPU is not None, reason=f"libtpu missing: {NO_LIBTPU}")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(batch_per_chip=2, **model):
+    """A GANsformer with few layers, so it compiles for a TPU quickly: 8^2, 2 local latents, attention at 4
+    and 8. 512 channels: the TPU stores arrays in (8, 128) tiles, so on much narrower layers the padding
+    of the small tensors (biases, the 8-wide mapping) would be a visible share of the state; here the
+    convolutions (2.4 M parameters each) dominate it. Every large weight divides over 4 chips (fsdp)."""
+    c = base_config()
+    m = c.model
+    m.resolution, m.channel_base, m.channel_max = 8, 4096, 512
+    m.num_local, m.z_dim, m.w_dim, m.mapping_layers, m.mapping_attention = 2, 8, 8, 1, False
+    m.attention_end_res, m.mbstd_group = 8, 2
+    m.update(model)
+    c.train.batch_size = batch_per_chip * 4
+    c.eval.batch_size = 8
+    c.compilation_cache = ""  # compile every time (no plan cache): these tests are about the compiler's output
+    return c
+
+
+def analytic_state_bytes(c, chips_sharing):
+    """G, G_ema and D in float32 plus Adam's two float32 moments of G and D, split `chips_sharing` ways,
+    plus one chip's share of the real batch: from the layer walk's parameter counts alone."""
+    mf = flops.model_flops(c.model)
+    state = 4 * (2 * mf.g_params + mf.d_params) + 8 * (mf.g_params + mf.d_params)
+    m = c.model
+    batch = c.train.batch_size * m.resolution ** 2 * m.num_channels * 4 / 4  # 4 chips in every test slice
+    return state / chips_sharing + batch, mf
+
+
+def sharded_and_replicated_param_bytes(c, strategy):
+    """Full float32 bytes of the G and D parameters the strategy's rules shard over 4 devices, and of those
+    they leave replicated (the same rules on 4 virtual CPU devices as on 4 chips)."""
+    import jax
+
+    from ganjax import parallel
+    from ganjax.train import setup
+
+    c = c.copy_and_resolve_references()
+    c.parallel.strategy, c.parallel.mesh_data, c.parallel.mesh_fsdp = strategy, 1, 4
+    tr = setup.build(c, parallel.make_mesh(c, jax.devices()[:4]))
+    state, shardings = tr.abstract_state(), tr.state_shardings
+    out = {"sharded": 0, "replicated": 0}
+    for leaf, sh in zip(jax.tree.leaves((state.g_params, state.d_params)),
+                        jax.tree.leaves((shardings.g_params, shardings.d_params))):
+        out["replicated" if sh.is_fully_replicated else "sharded"] += 4 * leaf.size
+    return out
+
+
+@needs_libtpu
+@pytest.mark.parametrize("slice_name", ["v5e-4", pytest.param("v5p-8", marks=pytest.mark.slow)])
+def test_a_tiny_step_compiles_for_tpu_with_the_state_and_collectives_it_should_have(slice_name):
+    """dp: every chip holds the whole state and all-reduces every gradient once; fsdp: a quarter of it,
+    parameters all-gathered and gradients reduce-scattered."""
+    from ganjax.plan import compile as compile_lib
+
+    c = tiny()
+    dp = compile_lib.plan(c, slice_name, strategy="dp", phases=False, sample=False, variants="plain")
+    fsdp = compile_lib.plan(c, slice_name, strategy="fsdp", phases=False, sample=False, variants="plain")
+    for rec, sharing in ((dp, 1), (fsdp, 4)):
+        want, mf = analytic_state_bytes(c, sharing)
+        for name, prog in rec["programs"].items():
+            got = prog["memory"]["argument_bytes"]
+            assert abs(got - want) <= 0.05 * want, (rec["strategy"], name, got, want)
+        assert rec["memory"]["fits"] and rec["chip"]["usable_hbm_bytes"] > 10 * 2**30
+    grads = 4 * (mf.g_params + mf.d_params)  # float32 gradients of G (G main) and D (D main)
+    # Gradients are reduced over all 4 chips; minibatch-std's groups (2 samples, on 2 chips) reduce pairs.
+    reduced = dp["programs"]["plain"]["comm"]["all-reduce"]["result_bytes_by_group_size"][4]
+    assert abs(reduced - grads) <= 0.05 * grads, (reduced, grads)
+    # fsdp: gradients are reduce-scattered to the shards. The TPU compiler all-reduces a few (measured: the
+    # attention's 512 x 512 weights, 8% of the bytes) and those the rules leave replicated; the two kinds
+    # together carry the gradient bytes once. Which parameters are sharded: the rules on 4 CPU devices.
+    split = sharded_and_replicated_param_bytes(c, "fsdp")
+    comm = fsdp["programs"]["plain"]["comm"]
+    scattered = comm["reduce-scatter"]["result_bytes_by_group_size"][4] * 4  # a result is one chip's quarter
+    reduced = comm["all-reduce"]["result_bytes_by_group_size"][4]
+    assert scattered >= 0.85 * split["sharded"], (scattered, split)
+    assert 0.95 * grads <= scattered + reduced <= 1.10 * grads, (scattered, reduced, grads)
+    # G main runs G and D, D main runs G (no grad) and D: the sharded parameters are gathered for their uses.
+    gathered = comm["all-gather"]["result_bytes_by_group_size"][4]
+    assert 0.95 * split["sharded"] <= gathered <= 2.05 * split["sharded"], (gathered, split)
+    r = dp["programs"]["plain"]["roofline"]
+    assert r["bound"] in ("compute", "hbm", "comm") and r["step_s"] == max(r["compute_s"], r["hbm_s"], r["comm_s"]) > 0
+    assert "iteration" not in dp  # only one of the two variants was compiled: no amortised iteration claimed
+
+
+def test_bad_inputs_are_named_before_anything_compiles(monkeypatch):
+    from ganjax import hardware
+    from ganjax.plan import compile as compile_lib
+
+    with pytest.raises(ValueError, match=r"unknown TPU slice 'v5p-7'; known: v4-8"):
+        compile_lib.configure(tiny(), "v5p-7")
+    with pytest.raises(compile_lib.PlanError, match=r"--mesh 'dp=8' has 8 devices but v5e-4 has 4 chips"):
+        compile_lib.configure(tiny(), "v5e-4", mesh="dp=8")
+    with pytest.raises(ConfigError, match=r"config.train.batch_size: the micro-batch 6 is not divisible by the 4 "
+                                          r"batch shards"):
+        compile_lib.configure(tiny(), "v5e-4", strategy="dp", batch=6)
+    with pytest.raises(compile_lib.PlanError, match="not both"):
+        compile_lib.configure(tiny(), "v5e-4", batch=8, batch_per_chip=2)
+    monkeypatch.setattr(tpu.importlib.util, "find_spec", lambda name: None)
+    tpu.devices.cache_clear()
+    with pytest.raises(tpu.LibtpuMissing, match=r"pip install 'jax\[tpu\]=="):
+        tpu.devices("v5e-4")
+    assert hardware.tpu_slice("v5e-4").chips == 4
+
+
+def test_the_plan_command_refuses_a_training_workdir_and_a_missing_slice(tmp_path):
+    import subprocess
+
+    (tmp_path / "checkpoints").mkdir()
+    cmd = [sys.executable, "-m", "ganjax", "plan", "--config", "configs/gansformer.py:shapes32"]
+    out = subprocess.run(cmd + ["--tpu", "v5e-4", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "is a training workdir; a plan never writes into one" in out.stderr
+    assert os.listdir(tmp_path) == ["checkpoints"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "--tpu SLICE is required" in out.stderr and "v5p-8" in out.stderr
+    out = subprocess.run(cmd + ["--tpu", "v9-8"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown TPU slice 'v9-8'" in out.stderr
+
+
+def test_max_batch_bisects_to_the_largest_fitting_multiple(monkeypatch):
+    """The search itself, on a fake compiler that fits up to 44 images per chip."""
+    from ganjax.plan import report
+
+    calls = []
+
+    def fake_fits(config, slice_name, b, strategy):
+        calls.append(b)
+        return b <= 44, {"memory": {"needed_bytes": b * 2**30, "usable_bytes": 44 * 2**30}}
+
+    monkeypatch.setattr(report, "fits", fake_fits)
+    got = report.max_batch(None, "v5e-4", "dp", step=4, log=lambda m: None)
+    assert got["max_batch_per_chip"] == 44
+    assert calls[:5] == [4, 8, 16, 32, 64] and len(calls) <= 8
+    monkeypatch.setattr(report, "fits", lambda *a: (False, {"memory": {"needed_bytes": 0, "usable_bytes": 1}}))
+    assert report.max_batch(None, "v5e-4", "dp", log=lambda m: None)["max_batch_per_chip"] == 0
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_a_model_too_large_for_v5e_does_not_fit_there_and_fits_v5p():
+    """~1.3 B parameters replicated (dp) need ~19 GiB of state per chip: more than a v5e has."""
+    from ganjax.plan import compile as compile_lib
+
+    c = tiny(batch_per_chip=1, channel_base=8 * 4096, channel_max=4096, mbstd_group=1)
+    want, _ = analytic_state_bytes(c, 1)
+    small = compile_lib.plan(c, "v5e-4", strategy="dp", phases=False, sample=False, variants="heaviest")
+    assert not small["memory"]["fits"]
+    assert small["verdict"].startswith("does not fit: needs ") and "GiB more per chip" in small["verdict"]
+    assert small["memory"]["needed_bytes"] >= want > small["memory"]["usable_bytes"]
+    big = compile_lib.plan(c, "v5p-8", strategy="dp", phases=False, sample=False, variants="heaviest")
+    assert big["memory"]["fits"] and big["verdict"].startswith("fits with ")
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_the_largest_batch_that_fits_grows_with_the_chips_hbm():
+    from ganjax.plan import report
+
+    c = tiny(channel_base=8 * 1024, channel_max=1024, mbstd_group=1)
+    small = report.max_batch(c, "v5e-4", "fsdp", step=64, limit=512, log=print)
+    big = report.max_batch(c, "v5p-8", "fsdp", step=64, limit=512, log=print)
+    assert 0 < small["max_batch_per_chip"] < big["max_batch_per_chip"], (small, big)
