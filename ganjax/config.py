@@ -7,6 +7,7 @@ naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'h
 """
 
 import math
+import os
 
 import ml_collections
 
@@ -15,6 +16,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "gansformer"
     c.seed = 0
+    # JAX's persistent compilation cache for `ganjax train` and `ganjax bench`, and `ganjax plan`'s results
+    # ("" = off; default $GANJAX_COMPILATION_CACHE or ~/.cache/ganjax/compilation), so a resumed run or a
+    # repeated bench or plan loads its compiled programs instead of compiling them (ganjax/compilation_cache.py).
+    c.compilation_cache = os.environ.get("GANJAX_COMPILATION_CACHE", "~/.cache/ganjax/compilation")
 
     m = c.model = ml_collections.ConfigDict()
     m.resolution = 32

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ganjax import insight, parallel, viz
+from ganjax import compilation_cache, insight, parallel, viz
 from ganjax.bench.cost import CostMeter
 from ganjax.train import setup
 from ganjax.train.state import adam_hparams
@@ -95,6 +95,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     """
     parallel.maybe_initialize_distributed(config)
     _validate(config)
+    compilation_cache.enable(config.compilation_cache)
     from ganjax import data
     from ganjax.checkpoint import Checkpointer
 
@@ -165,6 +166,14 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
 
     last = {}
     last_sampled = -1
+    compiling = [0.0]  # seconds of the current log window spent compiling (or loading) step programs
+
+    def on_compiled(name, seconds):
+        compiling[0] += seconds
+        if is_main:
+            print(f"compiled the {name} training step in {seconds:.1f} s", flush=True)
+
+    tr.train_step.on_compiled = on_compiled
     try:
         if start >= total_steps:
             print(f"already at step {start} >= {total_steps} (total_kimg {t.total_kimg:g}); nothing to do", flush=True)
@@ -202,7 +211,8 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
 
             if done % t.log_every == 0 or done == total_steps or extra:
                 now = time.time()
-                elapsed = now - window_start
+                # The rate counts training only: a window that compiled a step program reports it apart.
+                elapsed = max(now - window_start - compiling[0], 1e-9)
                 logged = _average(pending)
                 kimg = done * batch / 1000
                 logged.update(extra)
@@ -211,7 +221,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
                     "kimg": kimg, "img_per_sec": window_steps * batch / elapsed,
                     "sec_per_kimg": elapsed / (window_steps * batch / 1000), "step_time": elapsed / window_steps,
                     "data_wait_share": data_wait / elapsed, "wall_time": now - run_start})
-                logged.update(meter.update(done, elapsed))
+                logged.update(meter.update(done, elapsed + compiling[0]))  # devices are held while compiling too
                 writer.scalars(done, logged)
                 history.append({"step": done, **logged})
                 last = logged
@@ -223,6 +233,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
                           f"{logged['sec_per_kimg']:.1f} s/kimg | skipped {int(logged['skipped'])} | "
                           f"ETA {_fmt_duration(eta)}", flush=True)
                 pending, window_start, data_wait, window_steps = [], time.time(), 0.0, 0
+                compiling[0] = 0.0
 
             if sampler is not None and (done * batch) // sample_images > (step * batch) // sample_images:
                 save_samples(done)
