@@ -15,10 +15,11 @@ run() {
   if [[ "$DRY_RUN" == 1 ]]; then quote "$@"; else "$@"; fi
 }
 
-python_bin() {  # the project's venv if present (local.sh/test.sh create it), else python3
+python_bin() {  # $PYTHON if set, else the project's venv if present (local.sh/test.sh create it), else python3
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  if [[ -x "$root/.venv/bin/python" ]]; then echo "$root/.venv/bin/python"; else echo python3; fi
+  if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"
+  elif [[ -x "$root/.venv/bin/python" ]]; then echo "$root/.venv/bin/python"; else echo python3; fi
 }
 
 config_overrides() {  # sets OVERRIDES to the --config.* arguments among "$@" (what `ganjax data` accepts too)

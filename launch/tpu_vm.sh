@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM or pod slice: create it (or reuse it if it exists), copy this checkout to every
-# worker, install ganjax with jax[tpu], and run the same `python -m ganjax train` on all workers at once
-# (--worker=all). jax.distributed.initialize() finds the other hosts of the slice by itself. The TFDS data
+# Train on a Cloud TPU VM or pod slice: first compile the training step for that slice on this machine
+# (`ganjax plan`, libtpu's compiler, no TPU needed) and stop if it does not fit the chips' HBM; then create
+# the slice (or reuse it if it exists), copy this checkout to every worker, install ganjax with jax[tpu], and
+# run the same `python -m ganjax train` on all workers at once (--worker=all). jax.distributed.initialize() finds the other hosts of the slice by itself. The TFDS data
 # dir and the workdir live on GCS (gs://BUCKET/tensorflow_datasets, gs://BUCKET/runs/RUN, mounted with
 # gcsfuse on every worker), so every worker sees the same data, checkpoints and metrics.
 #
 # usage: bash launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE --bucket gs://BUCKET [--type v4-8]
 #            [--version RUNTIME (default: the type's base image)] [--project PROJECT] [--spot] [--run RUN]
-#            [--config configs/gansformer.py:ffhq256] [-- ganjax train flags]
-# --dry-run prints every command (gcloud, tar) instead of running it.
+#            [--config configs/gansformer.py:ffhq256] [--force | --no-plan] [-- ganjax train flags]
+# --dry-run prints every command (the plan, gcloud, tar) instead of running it. --force runs a config the plan
+# says does not fit; --no-plan skips the plan (it needs libtpu here: pip install 'jax[tpu]').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/lib.sh
 
-NAME="" ZONE="" BUCKET="" PROJECT="" SPOT=0
+NAME="" ZONE="" BUCKET="" PROJECT="" SPOT=0 FORCE=0 NO_PLAN=0
 TYPE=v4-8 VERSION="" CONFIG=configs/gansformer.py:ffhq256 RUN=""
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
@@ -26,6 +28,8 @@ while [[ $# -gt 0 ]]; do
     --version) VERSION=$2; shift ;;
     --project) PROJECT=$2; shift ;;
     --spot) SPOT=1 ;;
+    --force) FORCE=1 ;;
+    --no-plan) NO_PLAN=1 ;;
     --config) CONFIG=$2; shift ;;
     --run) RUN=$2; shift ;;
     --) shift; break ;;
@@ -59,6 +63,27 @@ WHERE=(--zone="$ZONE")
 CREATE=("${TPU[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type="$TYPE" --version="$VERSION")
 [[ "$SPOT" == 1 ]] && CREATE+=(--spot)
 
+# 0. The plan: the step compiled for this slice here; exit status 3 means it does not fit the chips' HBM.
+config_overrides "$@"
+PLAN=("$(python_bin)" -m ganjax plan --config="$CONFIG" --tpu="$TYPE" --phases=false --sample=false
+      "${OVERRIDES[@]}")
+if [[ "$NO_PLAN" == 1 ]]; then
+  echo "skipping the plan (--no-plan)"
+elif [[ "$DRY_RUN" == 1 ]]; then
+  quote "${PLAN[@]}"
+else
+  set +e; "${PLAN[@]}"; rc=$?; set -e
+  if [[ $rc == 3 && "$FORCE" == 1 ]]; then
+    echo "tpu_vm.sh: the plan says $CONFIG does not fit $TYPE; running anyway (--force)" >&2
+  elif [[ $rc == 3 ]]; then
+    echo "tpu_vm.sh: $CONFIG does not fit $TYPE (the plan above); change the batch, strategy or slice, or pass --force" >&2
+    exit 3
+  elif [[ $rc != 0 ]]; then
+    echo "tpu_vm.sh: the plan failed (exit $rc; its message is above); fix it, or pass --no-plan to skip it" >&2
+    exit "$rc"
+  fi
+fi
+
 # 1. Reuse the VM if it exists, else create it.
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "$(quote "${TPU[@]}" describe "$NAME" "${WHERE[@]}") >/dev/null 2>&1 || $(quote "${CREATE[@]}")"
@@ -86,7 +111,6 @@ run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$MOUNT_GCS"
 
 # 3. Make the dataset once, from worker 0 (a data problem then shows before the slice starts training;
 #    `ganjax train` would otherwise prepare it too, process 0 first).
-config_overrides "$@"
 PREPARE=(.venv/bin/python -m ganjax data prepare --config="$CONFIG" --config.data.data_dir="$DATA_DIR"
          "${OVERRIDES[@]}")
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command="cd ganjax && $(quote "${PREPARE[@]}")"

@@ -52,28 +52,32 @@ def test_tpu_vm_dry_run():
                  "gs://bkt/", "--type", "v4-32", "--project", "proj", "--", "--config.train.batch_size=256",
                  "--config.data.folder=it's here")
     got = lines(out)
+    # 0: the plan, compiled for the slice on this machine, with the same config overrides
+    assert got[0][1:] == ["-m", "ganjax", "plan", "--config=configs/gansformer.py:ffhq256", "--tpu=v4-32",
+                          "--phases=false", "--sample=false", "--config.train.batch_size=256",
+                          "--config.data.folder=it's here"]
     where = ["--zone=us-central2-b", "--project=proj"]
     tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
-    assert got[0] == [*tpu, "describe", "pod", *where, ">/dev/null", "2>&1", "||", *tpu, "create", "pod", *where,
+    assert got[1] == [*tpu, "describe", "pod", *where, ">/dev/null", "2>&1", "||", *tpu, "create", "pod", *where,
                       "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
-    assert got[1][:3] == ["tar", "czf", "/tmp/ganjax-pod.tar.gz"]
-    assert got[2] == [*tpu, "scp", "/tmp/ganjax-pod.tar.gz", "pod:ganjax.tar.gz", *where, "--worker=all"]
-    assert got[3][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
-    assert 'pip install -q -e . "jax[tpu]>=0.10.2"' in got[3][9]
-    assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]  # the bucket mounted on every worker
-    assert shlex.split(got[4][9])[-4:] == ["gcsfuse", "--implicit-dirs", "bkt", "/mnt/gcs)"]
-    assert got[5][:9] == [*tpu, "ssh", "pod", *where, "--worker=0"]
-    assert shlex.split(got[5][9].removeprefix("--command=")) == [
+    assert got[2][:3] == ["tar", "czf", "/tmp/ganjax-pod.tar.gz"]
+    assert got[3] == [*tpu, "scp", "/tmp/ganjax-pod.tar.gz", "pod:ganjax.tar.gz", *where, "--worker=all"]
+    assert got[4][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
+    assert 'pip install -q -e . "jax[tpu]>=0.10.2"' in got[4][9]
+    assert got[5][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]  # the bucket mounted on every worker
+    assert shlex.split(got[5][9])[-4:] == ["gcsfuse", "--implicit-dirs", "bkt", "/mnt/gcs)"]
+    assert got[6][:9] == [*tpu, "ssh", "pod", *where, "--worker=0"]
+    assert shlex.split(got[6][9].removeprefix("--command=")) == [
         "cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "data", "prepare",
         "--config=configs/gansformer.py:ffhq256", "--config.data.data_dir=/mnt/gcs/tensorflow_datasets",
         "--config.train.batch_size=256", "--config.data.folder=it's here"]
-    assert got[6][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
-    command = got[6][9].removeprefix("--command=")
+    assert got[7][:9] == [*tpu, "ssh", "pod", *where, "--worker=all"]
+    command = got[7][9].removeprefix("--command=")
     assert shlex.split(command) == ["cd", "ganjax", "&&", ".venv/bin/python", "-m", "ganjax", "train",
                                     "--config=configs/gansformer.py:ffhq256", "--workdir=/mnt/gcs/runs/pod",
                                     "--config.data.data_dir=/mnt/gcs/tensorflow_datasets",
                                     "--config.train.batch_size=256", "--config.data.folder=it's here"]
-    assert len(got) == 7
+    assert len(got) == 8
     missing = launch("launch/tpu_vm.sh", "--dry-run", "--name", "pod")
     assert missing.returncode == 2 and "--name, --zone and --bucket gs://... are required" in missing.stderr
 
@@ -108,3 +112,18 @@ def test_multiprocess_two_processes_train_to_completion(tmp_path):
     assert config["parallel"]["num_processes"] == 2 and config["train"]["total_kimg"] == 0.032
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl") if line.strip()]
     assert records and max(r.get("step", 0) for r in records) == 4  # 32 images / batch 8
+
+
+def test_tpu_vm_stops_before_gcloud_when_the_plan_says_it_does_not_fit(tmp_path):
+    """The plan's exit status 3 (does not fit) stops the launcher with that status before any gcloud
+    command; --force goes on (here to a gcloud that is not installed)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"plan: does not fit: needs 3.1 GiB more per chip\"\nexit 3\n")
+    fake.chmod(0o755)
+    args = ["launch/tpu_vm.sh", "--name", "pod", "--zone", "z", "--bucket", "gs://bkt", "--type", "v5litepod-8"]
+    env = {"PYTHON": str(fake), "PATH": "/usr/bin:/bin"}  # no gcloud on this PATH
+    out = launch(*args, env=env)
+    assert out.returncode == 3, out.stderr
+    assert "needs 3.1 GiB more per chip" in out.stdout and "does not fit v5litepod-8" in out.stderr
+    forced = launch(*args, "--force", env=env)
+    assert "running anyway (--force)" in forced.stderr and "gcloud" in forced.stderr and forced.returncode != 3
