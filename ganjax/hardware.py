@@ -174,6 +174,12 @@ class CpuPeak:
     isa: str
     model: str
     basis: str  # how flops_per_cycle was derived
+    max_clock: bool = True  # ghz is the maximum clock (cpufreq); False: the kernel's 'cpu MHz', which under a
+    # hypervisor (no cpufreq) is the nominal clock, and the cores may boost above it
+
+    def implied_ghz(self, flops: float, compute_dtype: str = "float32") -> float:
+        """The clock at which `flops` would be this CPU's peak."""
+        return flops / self.flops(compute_dtype) * self.ghz
 
     def flops(self, compute_dtype: str = "float32") -> float:
         per = self.bf16_flops_per_cycle if compute_dtype == "bfloat16" and self.bf16_flops_per_cycle else \
@@ -183,7 +189,8 @@ class CpuPeak:
     def describe(self, compute_dtype: str = "float32") -> str:
         per = self.bf16_flops_per_cycle if compute_dtype == "bfloat16" and self.bf16_flops_per_cycle else \
             self.flops_per_cycle
-        return (f"{self.model}: {self.cores} cores x {self.ghz:.3g} GHz x {per} {compute_dtype} FLOP/cycle "
+        clock = "GHz" if self.max_clock else "GHz (nominal)"
+        return (f"{self.model}: {self.cores} cores x {self.ghz:.3g} {clock} x {per} {compute_dtype} FLOP/cycle "
                 f"({self.isa}; {self.basis}) = {self.flops(compute_dtype) / 1e9:.4g} GFLOP/s")
 
 
@@ -210,7 +217,8 @@ def parse_cpu_peak(cpuinfo: str, usable_cpus: set[int] | None = None, max_mhz: f
     Gold/Platinum; some parts have one), 64; other AVX2 + FMA parts 32; AVX without FMA 16. bf16 dot
     products (avx512_bf16: a pair of products summed per float32 lane) double the float32 rate.
     Cores: distinct physical cores among the CPUs this process may use (SMT siblings share FMA units).
-    Clock: max_mhz when known (cpufreq), else the 'cpu MHz' the kernel reports.
+    Clock: max_mhz when known (cpufreq), else the 'cpu MHz' the kernel reports (max_clock False): in a VM
+    that is the nominal clock (a Zen 5 VM here reports 2596 MHz and runs its matmuls at ~3.65 GHz).
     """
     blocks = [b for b in _cpuinfo_blocks(cpuinfo) if "processor" in b]
     if not blocks:
@@ -239,7 +247,8 @@ def parse_cpu_peak(cpuinfo: str, usable_cpus: set[int] | None = None, max_mhz: f
     else:
         isa, per, basis = "SSE", 8, "one 128-bit add and one 128-bit multiply pipe"
     bf16 = 2 * per if "avx512_bf16" in flags else 0
-    return CpuPeak(cores, mhz / 1000, per, bf16, isa, first.get("model name", "unknown CPU"), basis)
+    return CpuPeak(cores, mhz / 1000, per, bf16, isa, first.get("model name", "unknown CPU"), basis,
+                   max_clock=max_mhz is not None)
 
 
 @functools.cache
