@@ -3,13 +3,17 @@
 Sections: model (architecture), data (dataset and loader), train (optimisation and loop),
 parallel (mesh and sharding strategy), checkpoint, eval, bench.
 `validate(config, num_devices=None)` checks every section before anything compiles and raises ConfigError
-naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'hinge')`).
+naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')`).
 """
 
 import math
 import os
 
 import ml_collections
+
+from ganjax.models.synthesis import NOISE_MODES
+from ganjax.parallel.rules import STRATEGIES
+from ganjax.train.losses import LOSSES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     t = c.train = ml_collections.ConfigDict()
     t.batch_size = 32  # global batch
     t.total_kimg = 10000.0  # float: tiny runs and tests use fractions of a kimg
-    t.loss = "logistic"  # logistic (non-saturating) | hinge
+    t.loss = "logistic"  # logistic (non-saturating) | hinge | relativistic (R3GAN's pairing: fake i vs real i)
     t.lr_g = 0.002
     t.lr_d = 0.002
     t.beta1 = 0.0
@@ -76,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.eps = 1e-8
     t.r1_gamma = 10.0
     t.r1_interval = 16  # lazy regularisation interval for D (0 = no R1)
+    t.r2_gamma = 0.0  # R2: the zero-centred gradient penalty at the fakes, gamma/2 |grad D(G(z))|^2 (0 = off)
+    t.r2_interval = 16  # its lazy interval (1 = every step); D's Adam is scaled for R1 and R2 together
     t.pl_weight = 0.0  # path-length regularisation (0 = off)
     t.pl_interval = 4  # lazy interval of path length; G's Adam is scaled by it even with PL off (reference)
     t.pl_decay = 0.01
@@ -217,7 +223,7 @@ _RULES = {
     "data.worker_count": _int(0),
     "train.batch_size": _int(1),
     "train.total_kimg": _number(0, lo_open=True),
-    "train.loss": _one_of("logistic", "hinge"),
+    "train.loss": _one_of(*LOSSES),
     "train.lr_g": _number(0, lo_open=True),
     "train.lr_d": _number(0, lo_open=True),
     "train.beta1": _number(0, 1, hi_open=True),
@@ -225,6 +231,8 @@ _RULES = {
     "train.eps": _number(0, lo_open=True),
     "train.r1_gamma": _number(0),
     "train.r1_interval": _int(0),
+    "train.r2_gamma": _number(0),
+    "train.r2_interval": _int(0),
     "train.pl_weight": _number(0),
     "train.pl_interval": _int(1),
     "train.pl_decay": _number(0, 1, lo_open=True),
@@ -238,8 +246,8 @@ _RULES = {
     "train.sample_every_kimg": _number(0),
     "train.sample_grid": _int(1),
     "train.price_per_device_hour": _number(0),
-    "train.noise_mode": _one_of("random", "const", "none"),
-    "parallel.strategy": _one_of("dp", "fsdp", "fsdp_tp", "shard_map"),
+    "train.noise_mode": _one_of(*NOISE_MODES),
+    "parallel.strategy": _one_of(*STRATEGIES),
     "parallel.mesh_data": _mesh_dim,
     "parallel.mesh_fsdp": _mesh_dim,
     "parallel.mesh_model": _mesh_dim,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax import metrics as metrics_lib
+from ganjax import sampling
 from ganjax.metrics.scores import parse_metrics
 
 
@@ -103,19 +104,19 @@ class Evaluator:
 
 def image_generator(G, batch: int, sharding, psi: float = 1.0):
     """jit(generate(params, buffers, seed, index) -> images [batch, R, R, C]) of batch number `index`, in
-    `sharding`: image i's latents and noise come from fold_in(key(seed), i) alone, so the images (and the
-    scores) do not depend on the batch size or on how many devices share it."""
+    `sharding`: image i is sampling.image_keys(seed, i)'s (ganjax/sampling.py: its latents and noise from that
+    key alone), so the images (and the scores) do not depend on the batch size or on how many devices share
+    it."""
     cfg = G.cfg
 
-    def one(image_key, variables):
-        k_z, k_noise = jax.random.split(image_key)
-        z = jax.random.normal(k_z, (1, cfg.num_latents, cfg.z_dim))
-        return G.apply(variables, z, truncation_psi=psi, noise_mode="random", rngs={"noise": k_noise})[0]
+    def one(key, variables):
+        z = sampling.latents(key, cfg.num_latents, cfg.z_dim)[None]
+        return G.apply(variables, z, truncation_psi=psi, noise_mode="random",
+                       rngs={"noise": sampling.noise_key(key)})[0]
 
     def generate(params, buffers, seed, index):
         ids = jax.lax.with_sharding_constraint(index * batch + jnp.arange(batch), sharding)
-        image_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), ids)
-        return jax.vmap(one, in_axes=(0, None))(image_keys, {"params": params, "buffers": buffers})
+        return jax.vmap(one, in_axes=(0, None))(sampling.image_keys(seed, ids), {"params": params, "buffers": buffers})
 
     return jax.jit(generate, out_shardings=sharding)
 

@@ -2,52 +2,17 @@
 (attention maps), what one latent component controls (per-latent variation), truncation sweeps and latent
 interpolations. ganjax/viz.py turns the arrays into PNG grids and GIFs; `ganjax sample` exposes both.
 
-Seeds are `ganjax sample`'s: seed s -> z = normal(key(s), [1, k, z_dim])[0], per-pixel noise from
-fold_in(key(s), 1). So with the same psi and noise mode, the base images here equal `ganjax sample`'s.
+Seeds follow the one seed scheme (ganjax/sampling.py), and images are rendered by its sampler: with the
+same psi and noise mode, the base images here are `ganjax sample`'s.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-
-def seed_latents(seeds, num_latents: int, z_dim: int):
-    """(z [N, k, z_dim] float32, noise keys [N]) of `ganjax sample`'s seeds."""
-    keys = [jax.random.key(int(s)) for s in seeds]
-    z = jnp.stack([jax.random.normal(k, (1, num_latents, z_dim), jnp.float32)[0] for k in keys])
-    return z, jnp.stack([jax.random.fold_in(k, 1) for k in keys])
-
-
-@functools.cache  # one compile per (model, noise mode, attention); G is hashable by its config
-def _renderer(G, noise_mode: str, return_attention: bool):
-    def one(z, noise_key, psi, variables):
-        ws = G.apply(variables, z[None], method="mapping")
-        w_avg = variables["buffers"]["mapping_network"]["w_avg"]
-        # Truncation with a traced psi (one compile for a whole sweep); psi == 1 leaves ws bit-exact.
-        ws = jnp.where(psi == 1.0, ws, w_avg + psi * (ws - w_avg))
-        out = G.apply(variables, ws, noise_mode=noise_mode, return_attention=return_attention,
-                      rngs={"noise": noise_key}, method="synthesis")
-        return jax.tree.map(lambda x: x[0], out)
-
-    # vmap over single images: each image depends on its own latents and noise key only.
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
-
-
-def render(G, variables, z, noise_keys, psi=1.0, *, noise_mode="const", return_attention=False, batch_size=16):
-    """Images [N, R, R, C] (and attention maps [N, T, layers, heads, R, R] if asked) as numpy, for latents
-    z [N, k, z_dim], noise keys [N] and truncation psi (a number or one per image)."""
-    n = len(z)
-    psi = jnp.broadcast_to(jnp.asarray(psi, jnp.float32), (n,))
-    fn = _renderer(G, noise_mode, bool(return_attention))
-    batch_size = max(1, min(batch_size, n))
-    pad = -n % batch_size  # one compiled batch shape: repeat the last image
-    z, noise_keys, psi = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (z, noise_keys, psi))
-    parts = [jax.device_get(fn(z[i:i + batch_size], noise_keys[i:i + batch_size], psi[i:i + batch_size], variables))
-             for i in range(0, n + pad, batch_size)]
-    out = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
-    return out
+from ganjax import viz
+from ganjax.sampling import generate, render, seed_latents
 
 
 def _latent_shape(G):
@@ -58,8 +23,8 @@ def attention(G, variables, seeds, *, psi=1.0, noise_mode="const", batch_size=16
     """(images [N, R, R, C], attention maps [N, T, layers, heads, R, R]) of the seeds."""
     if not has_attention(G.cfg):
         raise ValueError("the model has no attention layers (model.num_local = 0 or model.attention = 'none')")
-    z, keys = seed_latents(seeds, *_latent_shape(G))
-    return render(G, variables, z, keys, psi, noise_mode=noise_mode, return_attention=True, batch_size=batch_size)
+    return generate(G, variables, seeds, psi=psi, noise_mode=noise_mode, return_attention=True,
+                    batch_size=batch_size)
 
 
 def variation_latents(z, seed: int, num_variations: int):
@@ -142,10 +107,6 @@ class AttentionSnapshot:
     training loop's TensorBoard image. Every process calls it; the result is replicated."""
 
     def __init__(self, G, mesh, z, alpha: float = 0.6):
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        from ganjax import viz
-
         self._grid = lambda images, attn: viz.attention_overlay_grid(images, attn, alpha)
         replicated = NamedSharding(mesh, PartitionSpec())
         self.z = jax.device_put(z, replicated)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ganjax.bench import flops
+from ganjax.models import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8^2, 8 channels, 2 local latents: the fewest layers that still run every kind of layer (compile time

@@ -9,7 +9,12 @@ import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from ganjax.bench import flops, hlo_comm, scaling
+from ganjax.bench import hlo_comm, scaling
+from ganjax.models import flops
+from ganjax.train import cost
+from ganjax.train.cost import CostMeter
+from ganjax.train.recipe import recipe
+from ganjax.train.step import StepConfig
 from ganjax.config import base_config
 
 
@@ -69,13 +74,13 @@ def test_phase_flops_follow_the_backward_rule():
     t = base_config().train
     t.style_mixing_prob = 0.0
     f = flops.model_flops(m)
-    per = flops.phase_flops_per_image(m, t)
+    per = cost.phase_flops_per_image(m, t)
     assert per["g_main"] == pytest.approx(3 * f.g + 2 * f.d)
     assert per["d_main"] == pytest.approx(f.g + 6 * f.d)
     assert per["d_r1"] == pytest.approx(6 * f.d)
-    it = flops.iteration_flops(m, t, 8)
+    it = cost.iteration_flops(m, t, 8)
     assert it["iteration"] == pytest.approx(8 * (per["g_main"] + per["d_main"] + per["d_r1"] / 16))
-    assert flops.train_flops_per_image(m, t) == pytest.approx(per["g_main"] + per["d_main"] + per["d_r1"] / 16)
+    assert cost.train_flops_per_image(m, t) == pytest.approx(per["g_main"] + per["d_main"] + per["d_r1"] / 16)
 
 
 def _mesh(shape, names):
@@ -169,23 +174,23 @@ def test_scaling_dp_efficiency_falls_with_devices_and_matches_the_formula():
 
 
 def test_analytic_comm_ops_count_each_phase():
-    dp = scaling.analytic_ops("dp", 10, 20, r1_weight=1 / 16, pl_weight=0)
+    t = base_config().train  # R1 every 16, path length off
+    dp = scaling.analytic_ops("dp", 10, 20, recipe(t))
     assert [(o.kind, o.buffer_bytes, o.weight) for o in dp] == [
         ("all-reduce", 40.0, 1.0), ("all-reduce", 80.0, 1.0), ("all-reduce", 80.0, 1 / 16)]
-    fs = scaling.analytic_ops("fsdp", 10, 20, r1_weight=0, pl_weight=0)
+    t.r1_gamma = 0.0
+    fs = scaling.analytic_ops("fsdp", 10, 20, recipe(t))
     assert sum(o.buffer_bytes for o in fs if o.kind == "all-gather") == 2 * (40 + 80)
     assert math.isclose(sum(o.buffer_bytes for o in fs if o.kind == "reduce-scatter"), 120)
 
 
 def test_cost_meter_accumulates_flops_device_time_and_money():
-    from ganjax.bench.cost import CostMeter
-
     m = _workload(resolution=32, channel_base=4096, channel_max=128, **CLEVR)
     t = base_config().train
     t.batch_size, t.price_per_device_hour = 8, 2.0
     meter = CostMeter(m, t, num_devices=4, device_seconds=100.0)
     out = meter.update(step=10, seconds=9.0)
-    assert out["compute/pflops"] == pytest.approx(80 * flops.train_flops_per_image(m, t) / 1e15)
+    assert out["compute/pflops"] == pytest.approx(80 * cost.train_flops_per_image(m, t) / 1e15)
     assert out["compute/device_seconds"] == 136.0
     assert out["compute/cost"] == pytest.approx(136.0 / 3600 * 2.0)
     t.price_per_device_hour = 0.0
@@ -193,14 +198,12 @@ def test_cost_meter_accumulates_flops_device_time_and_money():
 
 
 def test_variant_weights_follow_the_lazy_intervals():
-    from ganjax.train.step import StepConfig
-
     t = base_config().train
     t.pl_weight = 2.0  # R1 every 16, path length every 4
     w = StepConfig.from_config(type("C", (), {"train": t})).variant_weights()
-    assert w == {(True, True): 1 / 16, (False, True): 3 / 16, (False, False): 12 / 16}
+    assert w == {(): 12 / 16, ("g_pl",): 3 / 16, ("g_pl", "d_r1"): 1 / 16}
     t.pl_weight, t.r1_gamma = 0.0, 0.0
-    assert StepConfig.from_config(type("C", (), {"train": t})).variant_weights() == {(False, False): 1.0}
+    assert StepConfig.from_config(type("C", (), {"train": t})).variant_weights() == {(): 1.0}
 
 
 def test_mesh_flag_parsing():

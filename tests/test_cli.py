@@ -53,5 +53,5 @@ def test_bad_override_stops_train_before_compiling(tmp_path):
     out = ganjax("train", "--config=configs/gansformer.py:shapes32", f"--workdir={tmp_path}/w",
                  "--config.train.loss=foo")
     assert out.returncode != 0
-    assert "config.train.loss: 'foo' is not one of ('logistic', 'hinge')" in out.stderr
+    assert "config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')" in out.stderr
     assert not os.path.exists(tmp_path / "w" / "checkpoints")

@@ -96,7 +96,7 @@ def _bad(**fields):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(train__loss="foo"), "config.train.loss: 'foo' is not one of ('logistic', 'hinge')"),
+    (dict(train__loss="foo"), "config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')"),
     (dict(train__lr_g=0.0), "config.train.lr_g: 0.0 is not in (0, inf)"),
     (dict(train__beta2=1.0), "config.train.beta2: 1.0 is not in [0, 1)"),
     (dict(train__style_mixing_prob=1.5), "config.train.style_mixing_prob: 1.5 is not in [0, 1]"),
@@ -182,5 +182,5 @@ def test_bad_overrides_are_refused():
     with pytest.raises(Exception, match="nosuch"):
         _parse(["prog", f"--config={path}:shapes32", "--config.train.nosuch=1"])
     c = _parse(["prog", f"--config={path}:shapes32", "--config.train.loss=foo"])
-    with pytest.raises(ConfigError, match=r"config.train.loss: 'foo' is not one of \('logistic', 'hinge'\)"):
+    with pytest.raises(ConfigError, match=r"config.train.loss: 'foo' is not one of \('logistic', 'hinge', 'relativistic'\)"):
         validate(c)

@@ -1,6 +1,6 @@
 """`ganjax plan`: the real training step compiled for TPU slices on this CPU host (libtpu's ahead-of-time
 compiler), checked against numbers derived independently of the compiler: the parameter counts of the layer
-walk (ganjax/bench/flops.py, equal to the reference's), the Adam state they imply, the batch bytes.
+walk (ganjax/models/flops.py, equal to the reference's), the Adam state they imply, the batch bytes.
 
 Without libtpu (`pip install 'jax[tpu]'`, in the test extras) the compiling tests are skipped with that
 reason; the bad-input tests run everywhere."""
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ganjax.bench import flops
+from ganjax.models import flops
 from ganjax.config import ConfigError, base_config
 from ganjax.plan import tpu
 

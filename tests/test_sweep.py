@@ -121,7 +121,7 @@ def test_a_bad_run_fails_the_sweep_before_anything_starts(tmp_path):
     out = ganjax("sweep", f"--config={cfg}", f"--workdir={tmp_path}/w")
     assert out.returncode != 0
     assert "run 1 {'train.loss': 'foo'}" in out.stderr
-    assert "config.train.loss: 'foo' is not one of ('logistic', 'hinge')" in out.stderr
+    assert "config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')" in out.stderr
     assert not os.path.exists(tmp_path / "w")
 
 

@@ -55,7 +55,7 @@ def run_steps(c, devices, steps, *, aot=False):
     metrics, compiled = [], None
     for i in range(steps):
         if aot and compiled is None:
-            compiled = tr.train_step.variant(*tr.train_step.cfg.phases_at(i)).lower(state, batch).compile()
+            compiled = tr.train_step.variant(tr.train_step.cfg.fires(i)).lower(state, batch).compile()
         fn = compiled if aot else (lambda s, b, i=i: tr.train_step(s, b, i))
         state, m = fn(state, batch)
         metrics.append(host(m))

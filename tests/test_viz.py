@@ -10,10 +10,10 @@ import pytest
 from flax import linen as nn
 
 from ganjax import insight, viz
-from ganjax.commands import sample
 from ganjax.config import base_config
 from ganjax.models import ModelConfig, build_models
 from rounding import assert_equal_to_rounding
+from seed_reference import reference_images
 
 
 def test_uint8_to_unit_range_and_back_is_exact():
@@ -108,7 +108,7 @@ def test_attention_overlays_of_a_generator_cover_every_pixel_with_latent_colours
     owners = viz.attention_owners(attn)
     assert owners.shape == (3, layers, 16, 16) and owners.min() >= 0 and owners.max() < 3
     # the images are `ganjax sample`'s images of the same seeds
-    assert_equal_to_rounding(images, sample.generate(G, variables, config, [0, 1, 2]))
+    assert_equal_to_rounding(images, reference_images(G, variables, [0, 1, 2]))
     grid = viz.attention_overlay_grid(images, attn)
     assert grid.shape == (3 * 16, (1 + layers) * 16, 3)
 
@@ -130,7 +130,7 @@ def test_latent_variation_rows(tiny_g):
     table = insight.latent_variation(G, variables, seed=5, num_variations=2, batch_size=B)
     k = G.cfg.num_latents
     assert table.shape == (k, 3, 16, 16, 3)
-    base = sample.generate(G, variables, config, [5])[0]
+    base = reference_images(G, variables, [5])[0]
     for i in range(k):
         # the base column is the same latents and noise at another batch position: the same image to rounding
         assert_equal_to_rounding(table[i, 0], table[0, 0])
@@ -152,8 +152,8 @@ def test_truncation_sweep_psi0_is_the_w_avg_image(tiny_g):
     for row in table:
         assert_equal_to_rounding(row[0], w_avg_image)
     assert np.abs(table[0, 2] - table[1, 2]).max() > 1e-3
-    assert_equal_to_rounding(table[:, 2], sample.generate(G, variables, config, [0, 1]))
-    assert_equal_to_rounding(table[:, 1], sample.generate(G, variables, config, [0, 1], psi=0.5))
+    assert_equal_to_rounding(table[:, 2], reference_images(G, variables, [0, 1]))
+    assert_equal_to_rounding(table[:, 1], reference_images(G, variables, [0, 1], 0.5))
 
 
 @pytest.mark.parametrize("method", ["slerp", "lerp"])
@@ -161,7 +161,7 @@ def test_interpolation_runs_from_the_first_seed_to_the_last(tiny_g, method, tmp_
     G, variables, config = tiny_g
     frames = insight.interpolation(G, variables, [3, 4, 9], num_frames=7, method=method, batch_size=B)
     assert frames.shape == (7, 16, 16, 3)
-    ends = sample.generate(G, variables, config, [3, 4, 9])
+    ends = reference_images(G, variables, [3, 4, 9])
     np.testing.assert_allclose(frames[0], ends[0], atol=1e-4)
     np.testing.assert_allclose(frames[3], ends[1], atol=1e-4)  # frame 3 of 7 sits on the middle seed
     np.testing.assert_allclose(frames[-1], ends[2], atol=1e-4)

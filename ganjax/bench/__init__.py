@@ -1,6 +1,6 @@
-"""Cost and scaling measurement: `ganjax bench`.
+"""Cost and scaling measurement: `ganjax bench` (the analytic FLOPs: ganjax/models/flops.py, the layer walk,
+and ganjax/train/cost.py, per phase of the recipe).
 
-flops.py     analytic FLOPs per image from the model's layer shapes (and the train loop's per-image cost)
 hlo_comm.py  bytes of collective communication parsed from compiled HLO text
 peaks.py     peak FLOP/s for MFU: the accelerator table (ganjax/hardware.py) and a CPU matmul probe
 scaling.py   step time and weak-scaling efficiency at device counts the user does not have

@@ -19,9 +19,9 @@ import numpy as np
 
 from ganjax import hardware, parallel
 from ganjax.bench import compiled as compiled_lib
-from ganjax.bench import flops as flops_lib
 from ganjax.bench import peaks
-from ganjax.train import programs, setup
+from ganjax.models.flops import model_flops
+from ganjax.train import cost, programs, setup
 
 
 def build(config, num_devices: int | None = None):
@@ -116,17 +116,17 @@ def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, devi
                                         "comm_bytes_per_device": st["comm_bytes_per_device"], "memory": st["memory"]}
 
     b = config.train.batch_size
-    analytic = flops_lib.iteration_flops(tr.model_cfg, config.train, b)
-    mf = flops_lib.model_flops(tr.model_cfg)
-    per_img = flops_lib.phase_flops_per_image(tr.model_cfg, config.train)
+    analytic = cost.iteration_flops(tr.model_cfg, config.train, b)
+    mf = model_flops(tr.model_cfg)
+    per_img = cost.phase_flops_per_image(tr.model_cfg, config.train)
     for name in rec["phases"]:
         rec["phases"][name]["analytic_flops"] = analytic[name]
     t = amort["median_s"]
-    peak_error = None
+    peak_error = peak_note = None
     if device_key is None:  # a CPU: the probe and the theoretical peak both cover all cores
         cpu = peaks.cpu_peaks(tr.model_cfg.compute_dtype)
         machine_peak, peak_desc = cpu["mfu_peak"]
-        theoretical, peak_error = cpu.get("theoretical"), cpu.get("error")
+        theoretical, peak_error, peak_note = cpu.get("theoretical"), cpu.get("error"), cpu.get("note")
     else:
         peak, peak_desc = peaks.peak_flops(device_key, tr.model_cfg.compute_dtype)
         machine_peak, theoretical = peak * n_dev, None
@@ -147,7 +147,7 @@ def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, devi
         "mfu": analytic["iteration"] / t / machine_peak,
         **({"theoretical_peak_flops": theoretical[0], "theoretical_peak_desc": theoretical[1],
             "mfu_theoretical": analytic["iteration"] / t / theoretical[0]} if theoretical else {}),
-        **({"peak_error": peak_error} if peak_error else {}),
+        **({"peak_error": peak_error} if peak_error else {}), **({"peak_note": peak_note} if peak_note else {}),
         "memory_peak_bytes_per_device": peak_mem,
         **state_bytes_per_device(state),
         "comm_bytes_per_device_per_iteration": comm_iter,

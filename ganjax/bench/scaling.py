@@ -91,26 +91,25 @@ def _ring_bytes(op: CommOp, n: int) -> float:
     return op.buffer_bytes * {"all-reduce": 2 * frac, "collective-permute": 1.0}.get(op.kind, frac)
 
 
-def analytic_ops(strategy: str, g_params: int, d_params: int, r1_weight: float, pl_weight: float,
-                 param_bytes: int = 4) -> list[CommOp]:
-    """Collectives of one amortised iteration when no compiled HLO is at hand (dp or fsdp, fp32 grads).
+def analytic_ops(strategy: str, g_params: int, d_params: int, phases, param_bytes: int = 4) -> list[CommOp]:
+    """Collectives of one amortised iteration when no compiled HLO is at hand (dp or fsdp, fp32 grads), from
+    the recipe's phases (ganjax/train/recipe.py), each weighted by how often it runs.
 
-    dp:   one all-reduce of the gradients per phase (G main: G; D main: D; R1: D; PL: G).
-    fsdp: per phase, an all-gather of every network it runs (G main and D main run both) and a
-          reduce-scatter of the gradients of the network it updates.
+    dp:   one all-reduce of the gradients of the network a phase updates.
+    fsdp: per phase, an all-gather of every network it evaluates and a reduce-scatter of the gradients of
+          the network it updates.
     """
-    g, d = float(g_params * param_bytes), float(d_params * param_bytes)
-    phases = [("g", 1.0, (g, d)), ("d", 1.0, (g, d)), ("d", r1_weight, (d,)), ("g", pl_weight, (g,))]
+    size = {"G": float(g_params * param_bytes), "D": float(d_params * param_bytes)}
     ops = []
-    for net, weight, runs in phases:
-        if weight <= 0:
+    for p in phases:
+        if p.rate <= 0:
             continue
-        grad = g if net == "g" else d
+        grad = size[p.spec.net]
         if strategy == "dp":
-            ops.append(CommOp("all-reduce", grad, weight))
+            ops.append(CommOp("all-reduce", grad, p.rate))
         elif strategy == "fsdp":
-            ops += [CommOp("all-gather", b, weight) for b in runs]
-            ops.append(CommOp("reduce-scatter", grad, weight))
+            ops += [CommOp("all-gather", size[net], p.rate) for net in p.spec.evaluates]
+            ops.append(CommOp("reduce-scatter", grad, p.rate))
         else:
             raise ValueError(f"scaling strategy {strategy!r}: expected dp or fsdp")
     return ops

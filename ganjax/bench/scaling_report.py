@@ -7,10 +7,12 @@ TPU and libtpu is installed, else 8 virtual CPU devices) or from the parameter c
 import time
 
 from ganjax import hardware
-from ganjax.bench import flops as flops_lib
 from ganjax.bench import hlo_comm, peaks, scaling
 from ganjax.bench.sweep import apply_mesh
+from ganjax.models.flops import model_flops
 from ganjax.plan import tpu
+from ganjax.train import cost
+from ganjax.train.recipe import recipe
 
 N0 = 8  # devices the HLO is compiled for
 
@@ -18,11 +20,8 @@ N0 = 8  # devices the HLO is compiled for
 def comm_ops(config, strategy: str, model_cfg, device_key: str | None = None, log=print) -> tuple[list, str]:
     b = config.bench
     if b.comm == "analytic":
-        mf = flops_lib.model_flops(model_cfg)
-        t = config.train
-        r1 = 1 / t.r1_interval if t.r1_gamma > 0 and t.r1_interval > 0 else 0.0
-        pl = 1 / t.pl_interval if t.pl_weight > 0 and t.pl_interval > 0 else 0.0
-        return (scaling.analytic_ops(strategy, mf.g_params, mf.d_params, r1, pl),
+        mf = model_flops(model_cfg)
+        return (scaling.analytic_ops(strategy, mf.g_params, mf.d_params, recipe(config.train)),
                 "analytic: per phase one fp32 gradient all-reduce (dp) / parameter all-gathers + gradient "
                 "reduce-scatter (fsdp), from the parameter counts")
     t0 = time.perf_counter()
@@ -72,7 +71,7 @@ def report(config, device_key: str, log=print) -> str:
     p = peaks.lookup(device_key)
     b = config.bench
     bpd = b.batch_per_device
-    it = flops_lib.iteration_flops(model_cfg, config.train, bpd)
+    it = cost.iteration_flops(model_cfg, config.train, bpd)
     peak, peak_desc = peaks.peak_flops(device_key, model_cfg.compute_dtype)
     if b.measured_step_s > 0:
         compute_s = b.measured_step_s
@@ -82,7 +81,7 @@ def report(config, device_key: str, log=print) -> str:
         compute_note = (f"not measured on {p.name}: {it['iteration'] / 1e12:.4g} TFLOP per device per amortised "
                         f"iteration / ({peak_desc} {peak / 1e12:.4g} TFLOP/s x assumed MFU {b.assume_mfu})")
     counts = tuple(int(x) for x in b.scaling_devices.split(",") if x.strip())
-    mf = flops_lib.model_flops(model_cfg)
+    mf = model_flops(model_cfg)
     state_bytes = 4 * (4 * mf.g_params + 3 * mf.d_params)  # G, G_ema, 2 Adam moments; D, 2 moments (fp32)
     rows, notes = {}, []
     for strategy in [s.strip() for s in b.scaling_strategies.split(",") if s.strip()]:

@@ -121,6 +121,8 @@ def main(argv):
     if FLAGS.json:
         print(json.dumps(rec))
     text = run.markdown_table([rec]) + "\n\n" + run.phase_table(rec) + "\n"
+    if "peak_note" in rec:
+        text += f"\nnote: {rec['peak_note']}\n"
     if "peak_error" in rec:
         text += f"\nwarning: {rec['peak_error']}\n"
     if out:

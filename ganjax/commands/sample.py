@@ -8,15 +8,17 @@ plus GANsformer's insight outputs, each written when its path is given (any comb
   --interpolation i.gif   --frames frames through the seeds' latents in order (--interp slerp|lerp)
 
 PATH is an exported generator (`ganjax export`), a workdir, its checkpoints dir or one step dir. Seed s
-always gives the same image, whatever else is sampled with it: z = normal(jax.random.key(s), [k, z_dim]),
-and with --noise_mode random the noise maps come from a key derived from the same seed.
+always gives the same image, whatever else is sampled with it (the seed scheme of ganjax/sampling.py, which
+the training loop's sample grids and the insight outputs share).
 """
 
-import functools
 import os
 import re
 
 from absl import flags
+
+from ganjax import insight, sampling, viz
+from ganjax.checkpoint import CheckpointError, load_generator
 
 flags.DEFINE_string("checkpoint", None, "exported generator, workdir, checkpoints dir or step dir", required=True)
 flags.DEFINE_integer("n", 64, "number of images, seeds 0..n-1 (ignored when --seeds is given)")
@@ -57,39 +59,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-@functools.cache  # one compile per (model, psi, noise mode); G is hashable by its config
-def _batch_sampler(G, latent_shape, psi, noise_mode):
-    import jax
-    import jax.numpy as jnp
-
-    def one(seed_key, variables):
-        z = jax.random.normal(seed_key, (1, *latent_shape), jnp.float32)
-        noise_key = jax.random.fold_in(seed_key, 1)
-        return G.apply(variables, z, truncation_psi=psi, noise_mode=noise_mode, rngs={"noise": noise_key})[0]
-
-    # vmap over single images keeps each image independent of its batch neighbours (random noise included).
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
-
-
-def generate(G, variables, config, seeds, *, psi=1.0, noise_mode="const", batch_size=16):
-    """float32 images [len(seeds), R, R, C] in ~[-1, 1], each a function of its seed alone."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from ganjax.models import ModelConfig
-
-    model_cfg = ModelConfig.from_config(config.model)
-    sampler = _batch_sampler(G, (model_cfg.num_latents, model_cfg.z_dim), float(psi), noise_mode)
-    seeds = list(seeds)
-    padded = seeds + seeds[-1:] * (-len(seeds) % batch_size)  # one compiled batch shape
-    out = []
-    for i in range(0, len(padded), batch_size):
-        keys = jnp.stack([jax.random.key(s) for s in padded[i:i + batch_size]])
-        out.append(np.asarray(sampler(keys, variables)))
-    return np.concatenate(out)[:len(seeds)]
-
-
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"ganjax sample takes no positional arguments (got {argv[1:]})")
@@ -111,16 +80,13 @@ def main(argv):
     if FLAGS.interpolation and len(seeds) < 2:
         raise SystemExit("ganjax sample: --interpolation needs at least 2 seeds")
 
-    from ganjax import viz
-    from ganjax.checkpoint import CheckpointError, load_generator
-
     try:
-        G, variables, config = load_generator(FLAGS.checkpoint, step=FLAGS.step)
+        G, variables, _ = load_generator(FLAGS.checkpoint, step=FLAGS.step)
     except CheckpointError as e:
         raise SystemExit(f"ganjax sample: {e}") from None
     if FLAGS.out or FLAGS.out_dir:
-        images = generate(G, variables, config, seeds, psi=FLAGS.psi, noise_mode=FLAGS.noise_mode,
-                          batch_size=min(FLAGS.batch_size, len(seeds)))
+        images = sampling.generate(G, variables, seeds, psi=FLAGS.psi, noise_mode=FLAGS.noise_mode,
+                                   batch_size=min(FLAGS.batch_size, len(seeds)))
     if FLAGS.out:
         viz.save_image_grid(images, FLAGS.out, cols=FLAGS.cols or None)
         print(f"wrote a grid of {len(seeds)} images to {FLAGS.out}")
@@ -132,8 +98,6 @@ def main(argv):
 
 
 def _insight_outputs(G, variables, seeds, psis):
-    from ganjax import insight, viz
-
     common = dict(noise_mode=FLAGS.noise_mode, batch_size=FLAGS.batch_size)
     if FLAGS.attention:
         try:

@@ -15,6 +15,7 @@ from ganjax.nn.position import sinusoidal_grid
 from ganjax.nn.resample import upsample2d
 
 SQRT_HALF = float(np.sqrt(0.5))
+NOISE_MODES = ("random", "const", "none")  # per-pixel noise: drawn, the stored constant maps, or none
 
 
 def _impl(cfg):
@@ -169,8 +170,8 @@ class SynthesisNetwork(nn.Module):
     def __call__(self, ws, pos=None, *, noise_mode: str = "random", train: bool = False,
                  return_attention: bool = False):
         c = self.cfg
-        if noise_mode not in ("random", "const", "none"):
-            raise ValueError(f"noise_mode {noise_mode!r} is not one of ('random', 'const', 'none')")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode {noise_mode!r} is not one of {NOISE_MODES}")
         want = (c.num_latents, c.num_ws, c.w_dim)
         if ws.ndim != 4 or ws.shape[1:] != want:
             raise ValueError(f"synthesis: ws must be [B, {want[0]}, {want[1]}, {want[2]}] (k, num_ws, w_dim), "

@@ -88,6 +88,7 @@ class CompiledProgram:
     oom: dict | None = None  # {"required_bytes", "available_bytes", "message"}, when the compiler refused it
     collectives: list = dataclasses.field(default_factory=list)  # hlo_comm records, one per instruction
     cached: bool = False  # read from the plan cache (compile_s is then the original compile's)
+    firing: tuple = ()  # an iteration variant's lazy phases (programs.Program.firing)
 
 
 def _oom(error: Exception) -> dict | None:
@@ -118,7 +119,7 @@ def compile_program(prog: programs.Program, num_devices: int, cache_dir: str | N
     kept there under a hash of the lowered program, the target slice and the compiler versions, and a later plan
     of the same program reads it instead of compiling (JAX's own cache cannot: a compile-only TPU client
     cannot load executables back)."""
-    out = CompiledProgram(prog.name, prog.kind, prog.weight)
+    out = CompiledProgram(prog.name, prog.kind, prog.weight, firing=prog.firing)
     lowered, out.lower_s = prog.lower(platform="tpu")
     path = None
     if cache_dir:
@@ -180,7 +181,7 @@ def compile_plan(config, slice_name: str, *, phases: bool = True, sample: bool =
     tr = setup.build(config, mesh)
     progs = programs.iteration_programs(tr)
     if variants == "heaviest":
-        progs = [max(progs, key=lambda p: (p.name.count("+"), p.name != "plain"))]
+        progs = [max(progs, key=lambda p: len(p.firing))]
     elif variants != "all":
         progs = [p for p in progs if p.name == variants]
         if not progs:

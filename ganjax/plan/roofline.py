@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from ganjax import hardware
-from ganjax.bench import flops as flops_lib
+from ganjax.models.flops import model_flops
+from ganjax.train import cost
 
 TERMS = ("compute", "hbm", "comm")
 
@@ -55,19 +56,10 @@ def state_bytes_per_chip(tr) -> dict:
 
 
 def analytic_flops_per_chip(tr) -> dict:
-    """Model FLOPs (the layer walk, ganjax/bench/flops.py) per chip of each phase, each iteration variant
-    and the amortised iteration."""
+    """Model FLOPs (the layer walk, ganjax/models/flops.py, over the recipe's phases) per chip of each running
+    phase and of the amortised iteration."""
     t, n = tr.config.train, tr.mesh.size
-    it = flops_lib.iteration_flops(tr.model_cfg, t, int(t.batch_size))
-    out = {name: it[name] / n for name in ("g_main", "d_main", "d_r1", "g_pl")}
-    out["iteration"] = it["iteration"] / n
-    return out
-
-
-def _variant_flops(name: str, phase: dict) -> float:
-    total = phase["g_main"] + phase["d_main"]
-    parts = name.split("+")
-    return total + (phase["d_r1"] if "r1" in parts else 0.0) + (phase["g_pl"] if "pl" in parts else 0.0)
+    return {name: f / n for name, f in cost.iteration_flops(tr.model_cfg, t, int(t.batch_size)).items()}
 
 
 def plan_record(tr, slice_name: str, compiled: list, usable_hbm: float, *, assume_mfu: float,
@@ -80,7 +72,7 @@ def plan_record(tr, slice_name: str, compiled: list, usable_hbm: float, *, assum
     batch = int(c.train.batch_size)
     peak = hardware.peak_flops(s.generation, m.compute_dtype)
     analytic = analytic_flops_per_chip(tr)
-    mf = flops_lib.model_flops(m)
+    mf = model_flops(m)
     rec = {"name": c.name, "slice": s.name, "generation": s.generation, "topology": s.topology_name, "chips": chips,
            "strategy": c.parallel.strategy, "mesh": dict(tr.mesh.shape), "batch": batch,
            "batch_per_chip": batch / chips, "resolution": m.resolution, "compute_dtype": m.compute_dtype,
@@ -93,7 +85,7 @@ def plan_record(tr, slice_name: str, compiled: list, usable_hbm: float, *, assum
     for p in compiled:
         entry = {"kind": p.kind, "weight": p.weight, "compile_s": p.lower_s + p.compile_s, "cached": p.cached}
         if p.kind == "iteration":
-            entry["analytic_flops"] = _variant_flops(p.name, analytic)
+            entry["analytic_flops"] = cost.variant_flops(m, c.train, batch, p.firing) / chips
         elif p.kind == "phase":
             entry["analytic_flops"] = analytic[p.name]
         if p.oom is not None:

@@ -17,9 +17,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ganjax import compilation_cache, insight, parallel, viz
-from ganjax.bench.cost import CostMeter
+from ganjax import compilation_cache, insight, parallel, sampling, viz
 from ganjax.train import setup
+from ganjax.train.cost import CostMeter
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
 
@@ -62,11 +62,12 @@ def _average(pending: list) -> dict:
 
 
 class _Sampler:
-    """G_ema on fixed latents (const noise, no truncation), gathered for process 0's PNG grids."""
+    """G_ema on seeds 0 .. count - 1 (ganjax/sampling.py's seed scheme; const noise, no truncation), gathered
+    for process 0's PNG grids: grid image j is `ganjax sample --seeds j` of the same G_ema."""
 
-    def __init__(self, tr: setup.Training, seed: int, count: int):
+    def __init__(self, tr: setup.Training, count: int):
         mc = tr.model_cfg
-        self.z = jax.random.normal(jax.random.key(seed + 123456), (count, mc.num_latents, mc.z_dim))
+        self.z, _ = sampling.seed_latents(range(count), mc.num_latents, mc.z_dim)
         shardings = tr.state_shardings
         replicated = parallel.replicated(tr.mesh)
         G = tr.G
@@ -143,7 +144,7 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     batch = int(t.batch_size)
     total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / batch))
     writer = MetricWriter(workdir, enabled=is_main)
-    sampler = _Sampler(tr, int(config.seed), int(t.sample_grid)) if t.sample_every_kimg > 0 else None
+    sampler = _Sampler(tr, int(t.sample_grid)) if t.sample_every_kimg > 0 else None
     # TensorBoard also shows which latent owns which region, for the first samples of the grid.
     overlays = (insight.AttentionSnapshot(tr.G, mesh, sampler.z[:4])
                 if sampler is not None and insight.has_attention(tr.model_cfg) else None)
@@ -220,7 +221,8 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
                 logged.update({
                     "kimg": kimg, "img_per_sec": window_steps * batch / elapsed,
                     "sec_per_kimg": elapsed / (window_steps * batch / 1000), "step_time": elapsed / window_steps,
-                    "data_wait_share": data_wait / elapsed, "wall_time": now - run_start})
+                    "data_wait_share": data_wait / elapsed, "wall_time": now - run_start,
+                    "compile_time": compiling[0]})
                 logged.update(meter.update(done, elapsed + compiling[0]))  # devices are held while compiling too
                 writer.scalars(done, logged)
                 history.append({"step": done, **logged})

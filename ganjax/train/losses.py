@@ -1,38 +1,53 @@
-"""Adversarial losses, the R1 and path-length regularisers and the EMA schedule.
+"""Adversarial losses, the zero-centred gradient penalties (R1 on reals, R2 on fakes), the path-length
+regulariser and the EMA schedule.
 
 Conventions follow the StyleGAN2(-ADA) / GANsformer PyTorch training code: per-sample losses averaged over
-the batch; regularisers multiplied by their lazy interval; the EMA half-life counted in images.
+the batch; regularisers multiplied by their lazy interval; the EMA half-life counted in images. The
+relativistic pairing loss is R3GAN's (brownvc/R3GAN, "The GAN is dead; long live the GAN!", NeurIPS 2024):
+fake i is paired with real i of the batch.
 """
 
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("logistic", "hinge")
+LOSSES = ("logistic", "hinge", "relativistic")
+PAIRED = ("relativistic",)  # losses whose G loss also needs D's logits of the reals
 
 
-def g_adv_loss(kind: str, fake_logits):
+def _unknown(kind):
+    return ValueError(f"train.loss: must be one of {LOSSES}, got {kind!r}")
+
+
+def g_adv_loss(kind: str, fake_logits, real_logits=None):
     """Per-sample generator loss. logistic: non-saturating -log sigmoid(D(G(z))). hinge: -D(G(z)) (the
-    usual hinge-GAN generator loss; the GANsformer PyTorch code's `-clamp(1 + logits, 0)` is not used)."""
+    usual hinge-GAN generator loss; the GANsformer PyTorch code's `-clamp(1 + logits, 0)` is not used).
+    relativistic: softplus(-(D(fake_i) - D(real_i))), with D's logits of the paired reals."""
     if kind == "logistic":
         return jax.nn.softplus(-fake_logits)
     if kind == "hinge":
         return -fake_logits
-    raise ValueError(f"train.loss: must be one of {LOSSES}, got {kind!r}")
+    if kind == "relativistic":
+        return jax.nn.softplus(-(fake_logits - real_logits))
+    raise _unknown(kind)
 
 
 def d_adv_loss(kind: str, real_logits, fake_logits):
-    """Per-sample (real term, fake term) of the discriminator loss."""
+    """Per-sample terms of the discriminator loss, whose batch means add up to it: (real term, fake term),
+    or for the relativistic loss the one paired term softplus(-(D(real_i) - D(fake_i)))."""
     if kind == "logistic":
         return jax.nn.softplus(-real_logits), jax.nn.softplus(fake_logits)
     if kind == "hinge":
         return jax.nn.relu(1.0 - real_logits), jax.nn.relu(1.0 + fake_logits)
-    raise ValueError(f"train.loss: must be one of {LOSSES}, got {kind!r}")
+    if kind == "relativistic":
+        return (jax.nn.softplus(-(real_logits - fake_logits)),)
+    raise _unknown(kind)
 
 
-def r1_penalty(d_logits_fn, reals):
-    """Per-sample |grad_x D(x)|^2 at the real images (the R1 penalty before the gamma/2 factor)."""
-    grads = jax.grad(lambda x: jnp.sum(d_logits_fn(x)))(reals)
+def gradient_penalty(d_logits_fn, images):
+    """Per-sample |grad_x D(x)|^2 at `images`: R1 at the reals, R2 at the fakes (before the gamma/2 factor)."""
+    grads = jax.grad(lambda x: jnp.sum(d_logits_fn(x)))(images)
     return jnp.sum(jnp.square(grads.astype(jnp.promote_types(grads.dtype, jnp.float32))), axis=tuple(range(1, grads.ndim)))
+
 
 
 def path_lengths(synthesis_fn, ws, key):

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from ganjax import parallel
 from ganjax.nn import backend
-from ganjax.train.step import Iteration, gathered_param_shardings, variant_name
+from ganjax.train.recipe import variant_name
+from ganjax.train.step import PARAMS, Iteration, gathered_param_shardings
 
 
 @dataclasses.dataclass
@@ -27,6 +28,7 @@ class Program:
     weight: float  # runs per amortised iteration (0 for a program outside the iteration)
     fn: Callable  # jitted
     args: tuple  # abstract arguments: ShapeDtypeStructs with shardings
+    firing: tuple[str, ...] = ()  # an iteration variant's lazy phases (recipe names)
 
     def lower(self, platform: str | None = None):
         """(lowered, seconds to trace and lower), traced for `platform` (None: the backend JAX runs on)."""
@@ -55,56 +57,36 @@ def iteration_programs(tr) -> list[Program]:
     """The loop's iteration variants, each with the fraction of iterations that run it."""
     state, reals = tr.abstract_state(), abstract_reals(tr)
     step = tr.train_step
-    return [Program(variant_name(v), "iteration", w, step.variant(*v), (state, reals))
+    return [Program(variant_name(v), "iteration", w, step.variant(v), (state, reals), firing=v)
             for v, w in step.cfg.variant_weights().items()]
 
 
 def phase_programs(tr) -> list[Program]:
-    """Each phase of the iteration with its optimizer update as its own (state, reals) -> state program
+    """Each running phase of the recipe with its optimizer update as its own (state, reals) -> state program
     (the same phase code as the train step, with its fsdp/fsdp_tp compute layout), weighted by how often it
     runs. The phases' sum differs from a whole iteration by what XLA fuses across phases."""
     cfg = tr.train_step.cfg
     it = Iteration(tr.G, tr.D, tr.g_opt, tr.d_opt, cfg,
                    param_shardings=gathered_param_shardings(tr.config, tr.state_shardings))
     z_shape = (cfg.batch_size, tr.model_cfg.num_latents, tr.model_cfg.z_dim)
-
-    def g_main(st, reals, key, z):
-        grads, aux = it._g_main(key, z, st.g_params, st.g_buffers, st.d_params)
-        p, o = it._update(it.g_opt, st.g_params, st.g_opt_state, grads)
-        return st.replace(g_params=p, g_opt_state=o, g_buffers=aux["buffers"])
-
-    def d_main(st, reals, key, z):
-        grads, _ = it._d_main(key, z, reals, st.g_params, st.g_buffers, st.d_params)
-        p, o = it._update(it.d_opt, st.d_params, st.d_opt_state, grads)
-        return st.replace(d_params=p, d_opt_state=o)
-
-    def d_r1(st, reals, key, z):
-        grads, _ = it._d_r1(key, reals, st.d_params)
-        p, o = it._update(it.d_opt, st.d_params, st.d_opt_state, grads)
-        return st.replace(d_params=p, d_opt_state=o)
-
-    def g_pl(st, reals, key, z):
-        grads, aux = it._g_pl(key, z, st.g_params, st.g_buffers, st.pl_mean)
-        p, o = it._update(it.g_opt, st.g_params, st.g_opt_state, grads)
-        return st.replace(g_params=p, g_opt_state=o, pl_mean=aux["pl_mean"])
-
-    phases = [("g_main", g_main, 1.0), ("d_main", d_main, 1.0)]
-    if cfg.r1_interval > 0:
-        phases.append(("d_r1", d_r1, 1 / cfg.r1_interval))
-    if cfg.pl_interval > 0:
-        phases.append(("g_pl", g_pl, 1 / cfg.pl_interval))
     args = (tr.abstract_state(), abstract_reals(tr))
     out = []
-    for name, fn, weight in phases:
-        def program(st, reals, fn=fn):
+    for phase in cfg.running:
+        def program(st, reals, phase=phase):
             key = jax.random.wrap_key_data(st.rng)
             k_next, k_z, k_phase = jax.random.split(key, 3)
-            new = fn(st, reals, k_phase, jax.random.normal(k_z, z_shape, jnp.float32))
-            return new.replace(rng=jax.random.key_data(k_next))
+            inputs = {"z": jax.random.normal(k_z, z_shape, jnp.float32), "reals": reals}
+            live = {"g_params": st.g_params, "g_buffers": st.g_buffers, "d_params": st.d_params,
+                    "pl_mean": st.pl_mean}
+            grads, _, updates = it.run_phase(phase, k_phase, {k: inputs[k] for k in phase.spec.inputs}, live)
+            net, field = phase.spec.net, PARAMS[phase.spec.net]
+            opt_field = "g_opt_state" if net == "G" else "d_opt_state"
+            params, opt_state = it.update(net, live[field], getattr(st, opt_field), grads)
+            return st.replace(**{field: params, opt_field: opt_state, **updates}, rng=jax.random.key_data(k_next))
 
         jitted = jax.jit(program, in_shardings=(tr.state_shardings, tr.batch_sharding),
                          out_shardings=tr.state_shardings, donate_argnums=0)
-        out.append(Program(name, "phase", weight, jitted, args))
+        out.append(Program(phase.name, "phase", phase.rate, jitted, args))
     return out
 
 

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ganjax.train import recipe
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -25,28 +27,12 @@ class TrainState:
         return self.step * batch_size / 1000.0
 
 
-def lazy_ratio(interval: int) -> float:
-    """With a regulariser every N steps the optimizer runs N+1 times per N steps; the reference scales
-    lr by N/(N+1) and the betas by beta**(N/(N+1)) to keep the effective dynamics (1 when no regulariser)."""
-    return interval / (interval + 1) if interval > 0 else 1.0
-
-
-def g_reg_interval(train) -> int:
-    return int(train.pl_interval) if train.pl_weight > 0 else 0
-
-
-def d_reg_interval(train) -> int:
-    return int(train.r1_interval) if train.r1_gamma > 0 else 0
-
-
 def adam_hparams(train, which: str) -> dict:
-    """lr, b1, b2 of G's ('g') or D's ('d') Adam after lazy-regularisation scaling.
-
-    As in the reference (StyleGAN2-ADA's training loop, which GANsformer keeps), the scaling follows the
-    configured intervals (G: pl_interval, D: r1_interval) even when that regulariser's weight is 0: the
-    reference's default G Adam runs at lr 0.002 * 4/5 and beta2 0.99 ** (4/5) with path length off."""
-    interval = int(train.pl_interval) if which == "g" else int(train.r1_interval)
-    ratio = lazy_ratio(interval)
+    """lr, b1, b2 of G's ('g') or D's ('d') Adam after lazy-regularisation scaling (recipe.lazy_ratio):
+    with one regulariser every N steps lr * N/(N+1) and beta ** (N/(N+1)), as the reference (StyleGAN2-ADA's
+    training loop, which GANsformer keeps); the reference's default G Adam runs at lr 0.002 * 4/5 and
+    beta2 0.99 ** (4/5) with path length off."""
+    ratio = recipe.lazy_ratio(recipe.recipe(train), "G" if which == "g" else "D")
     lr = train.lr_g if which == "g" else train.lr_d
     return {"lr": lr * ratio, "b1": train.beta1 ** ratio, "b2": train.beta2 ** ratio}
 

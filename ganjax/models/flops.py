@@ -6,8 +6,9 @@ and of MFU. Counted: convolutions, fully-connected layers, the StyleGAN modulati
 Not counted: elementwise work (bias, activations, noise, normalisation, softmax), which is memory-bound
 and small; XLA counts it, which is most of the difference in `cross_check`.
 
-The walk mirrors the PyTorch reference layer by layer (../shared/SPEC-gansformer.md): parameter counts
-come out of the same walk and equal the reference's (tests/test_bench_flops.py), which checks the walk.
+The walk mirrors the PyTorch reference layer by layer: parameter counts come out of the same walk and equal
+the reference's (tests/test_bench_units.py), which checks the walk. Training FLOPs per phase and per
+iteration are built on it by the recipe (ganjax/train/recipe.py, ganjax/train/cost.py).
 Attention keys and latent position maps exist as parameters but never reach the output in the "official"
 (k-means) attention; XLA removes them as dead code, so their FLOPs are not counted.
 """
@@ -241,52 +242,3 @@ class ModelFlops:
 def model_flops(model_cfg) -> ModelFlops:
     m, s, d = mapping_layers(model_cfg), synthesis_layers(model_cfg), discriminator_layers(model_cfg)
     return ModelFlops(total(m), total(s), total(d), param_count(generator_layers(model_cfg)), param_count(d))
-
-
-def phase_flops_per_image(model_cfg, train_cfg) -> dict[str, float]:
-    """Training FLOPs per image of each phase, by the usual backward = 2 x forward rule.
-
-    g_main: G forward (a second mapping pass when style mixing is on), D forward on the fakes, D backward to
-            its input only (1x), G backward (2x).
-    d_main: G forward without gradients, D forward + backward (3x) on the fakes and on the reals.
-    d_r1:   on the reals: D forward, the input gradient (1x), and the backward through both for the
-            parameter gradient of the penalty (2x of each): 6x. (Minibatch-std makes D's input gradient
-            depend on the forward activations, so the second backward runs through the forward pass
-            too; XLA's count of the compiled R1 phase agrees within 2%: 25.2 vs 24.8 GFLOP, cpu_small.)
-    g_pl:   per path-length image (batch / pl_batch_shrink of them): G forward, the gradient to ws through
-            synthesis (1x), and the backward through both (2x): 3 x (G + synthesis).
-    """
-    f = model_flops(model_cfg)
-    mix = f.mapping if _get(train_cfg, "style_mixing_prob") > 0 else 0.0
-    g_fwd = f.g + mix
-    return {
-        "g_main": 3 * f.g + mix + 2 * f.d,
-        "d_main": g_fwd + 6 * f.d,
-        "d_r1": 6 * f.d,
-        "g_pl": 3 * (g_fwd + f.synthesis),
-    }
-
-
-def iteration_flops(model_cfg, train_cfg, batch_size: int) -> dict[str, float]:
-    """FLOPs of each phase's step at this global batch, and of one amortised iteration."""
-    per = phase_flops_per_image(model_cfg, train_cfg)
-    pl_batch = max(batch_size // _get(train_cfg, "pl_batch_shrink"), 1)
-    out = {"g_main": per["g_main"] * batch_size, "d_main": per["d_main"] * batch_size,
-           "d_r1": per["d_r1"] * batch_size, "g_pl": per["g_pl"] * pl_batch}
-    r1, pl = _get(train_cfg, "r1_interval"), _get(train_cfg, "pl_interval")
-    amort = out["g_main"] + out["d_main"]
-    if _get(train_cfg, "r1_gamma") > 0 and r1 > 0:
-        amort += out["d_r1"] / r1
-    if _get(train_cfg, "pl_weight") > 0 and pl > 0:
-        amort += out["g_pl"] / pl
-    out["iteration"] = amort
-    return out
-
-
-def train_flops_per_image(model_cfg, train_cfg) -> float:
-    """Amortised training FLOPs per real image the loop consumes (one global batch per iteration).
-
-    The training loop's cumulative compute is `images_seen * train_flops_per_image(...)`.
-    """
-    b = _get(train_cfg, "batch_size")
-    return iteration_flops(model_cfg, train_cfg, b)["iteration"] / b
