@@ -5,6 +5,8 @@ libtpu reads its environment when it loads, so `prepare_environment()` runs befo
 devices. Outside a TPU VM there is no metadata server: TPU_SKIP_MDS_QUERY skips the query, and the
 worker variables say "one local host" so libtpu does not warn about the missing ones. The host's own
 computations stay on the CPU (JAX_PLATFORMS=cpu): no TPU backend is started, only the compiler is used.
+No chip is opened either, so the one-process-per-host lock libtpu takes (/tmp/libtpu_lockfile, which
+failed a second plan running beside the first) is skipped: ALLOW_MULTIPLE_LIBTPU_LOAD.
 """
 
 import functools
@@ -14,7 +16,7 @@ import os
 from ganjax import hardware
 
 ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
-               "TPU_WORKER_ID": "0", "TPU_ACCELERATOR_TYPE": "v5litepod-4"}
+               "TPU_WORKER_ID": "0", "TPU_ACCELERATOR_TYPE": "v5litepod-4", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 class LibtpuMissing(RuntimeError):
