@@ -9,11 +9,12 @@ naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'h
 import math
 import os
 
+import dataclasses
+import importlib
+
 import ml_collections
 
-from ganjax.models.synthesis import NOISE_MODES
-from ganjax.parallel.rules import STRATEGIES
-from ganjax.train.losses import LOSSES
+from ganjax.models.config import ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,37 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     # repeated bench or plan loads its compiled programs instead of compiling them (ganjax/compilation_cache.py).
     c.compilation_cache = os.environ.get("GANJAX_COMPILATION_CACHE", "~/.cache/ganjax/compilation")
 
-    m = c.model = ml_collections.ConfigDict()
-    m.resolution = 32
-    m.num_channels = 3
-    m.architecture_g = "resnet"  # resnet | skip
-    m.architecture_d = "resnet"
-    m.channel_base = 32768  # channels at resolution r: min(channel_base // r, channel_max)
-    m.channel_max = 512
-    m.z_dim = 32
-    m.w_dim = 32
-    m.num_local = 16  # local latent components; k = num_local + 1 (global is last). 0 = StyleGAN2.
-    m.mapping_layers = 4  # residual layers per MLP (each 2 fc) + 1 output fc => 9 fc
-    m.mapping_lrmul = 0.01
-    m.mapping_norm = "joint"  # joint (PyTorch reference) | component (TF reference)
-    m.mapping_attention = True  # self-attention among local latents in the mapping network
-    m.global_modulation = True  # the global latent drives StyleGAN modulation; off = plain convs
-    m.attention = "official"  # official | simplex | duplex | none
-    m.attention_start_res = 4  # attention at resolutions start..end (inclusive)
-    m.attention_end_res = 128
-    m.heads = 1
-    m.kmeans_iters = 1
-    m.integration = "mul"  # mul | add | both
-    m.attention_dropout = 0.12
-    m.conv_last = True  # the PyTorch reference's extra 3x3 conv in the last block
-    m.fused_modconv = True  # batch-shared weights with input/output scaling; False = per-sample grouped
-    m.mbstd_group = 4
-    m.mbstd_channels = 1
-    m.d_attention = False  # latent aggregators in D (TF reference's --d-transformer)
-    m.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
-    m.remat = False
-    m.mapping_resnet = True  # residual mapping layers (GANsformer); False = plain fc stack (StyleGAN2)
-    m.conv_impl = "auto"  # auto (XLA conv for shared kernels; matmul form for transposed/per-sample on CPU) | matmul | xla
+    # The model section is ModelConfig's fields with their defaults (ganjax/models/config.py documents them).
+    c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
 
     d = c.data = ml_collections.ConfigDict()
     d.dataset = "shapes"  # shapes | folder | any TFDS catalog name (e.g. cifar10, clevr)
@@ -160,6 +132,15 @@ def _one_of(*allowed):
     return check
 
 
+def _one_of_module(module: str, name: str):
+    """The allowed values the implementing module defines (module.name), read when a config is checked:
+    this module stays importable without JAX."""
+    def check(v):
+        return _one_of(*getattr(importlib.import_module(module), name))(v)
+
+    return check
+
+
 def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
@@ -213,7 +194,6 @@ def _mesh_dim(v):
 _RULES = {
     "name": _nonempty,
     "seed": _int(0),
-    "model.resolution": _int(4),
     "data.dataset": _nonempty,
     "data.split": _nonempty,
     "data.num_images": _int(1),
@@ -223,7 +203,7 @@ _RULES = {
     "data.worker_count": _int(0),
     "train.batch_size": _int(1),
     "train.total_kimg": _number(0, lo_open=True),
-    "train.loss": _one_of(*LOSSES),
+    "train.loss": _one_of_module("ganjax.train.losses", "LOSSES"),
     "train.lr_g": _number(0, lo_open=True),
     "train.lr_d": _number(0, lo_open=True),
     "train.beta1": _number(0, 1, hi_open=True),
@@ -246,8 +226,8 @@ _RULES = {
     "train.sample_every_kimg": _number(0),
     "train.sample_grid": _int(1),
     "train.price_per_device_hour": _number(0),
-    "train.noise_mode": _one_of(*NOISE_MODES),
-    "parallel.strategy": _one_of(*STRATEGIES),
+    "train.noise_mode": _one_of_module("ganjax.models.synthesis", "NOISE_MODES"),
+    "parallel.strategy": _one_of_module("ganjax.parallel.rules", "STRATEGIES"),
     "parallel.mesh_data": _mesh_dim,
     "parallel.mesh_fsdp": _mesh_dim,
     "parallel.mesh_model": _mesh_dim,
@@ -333,10 +313,6 @@ def _mesh_problems(p, micro, num_devices):
 
 def _cross_field_problems(c, num_devices):
     problems = []
-    res = c.model.resolution
-    if isinstance(res, int) and res >= 4 and res & (res - 1):
-        problems.append(f"config.model.resolution: {res} is not a power of two")
-
     t = c.train
     batch, accum = t.batch_size, t.grad_accum
     if batch % accum:
@@ -371,8 +347,6 @@ def _cross_field_problems(c, num_devices):
 
 
 def _model_problems(config):
-    from ganjax.models import ModelConfig  # imported here: the schema module stays importable without JAX
-
     try:
         ModelConfig.from_config(config.model).validate()
     except ValueError as e:

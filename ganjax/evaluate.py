@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax import metrics as metrics_lib
 from ganjax import sampling
+from ganjax.train import intervals
 from ganjax.metrics.scores import parse_metrics
 
 
@@ -130,15 +131,13 @@ class PeriodicEvaluation:
         self.G = G
         self.seed = int(config.seed)
         self.batch = int(config.train.batch_size)
-        self.every_images = round(float(config.eval.every_kimg) * 1000)
-        if self.every_images < 1:
-            raise ValueError(f"eval.every_kimg: {config.eval.every_kimg} gives no evaluation interval")
+        self.every_images = intervals.images(config.eval.every_kimg, "eval.every_kimg")
         self.total_steps = max(1, math.ceil(float(config.train.total_kimg) * 1000 / self.batch))
         self.evaluator = Evaluator(config, mesh)  # loads the Inception now: a missing file stops the run early
 
     def due(self, step: int) -> bool:
-        crossed = (step * self.batch) // self.every_images > ((step - 1) * self.batch) // self.every_images
-        return step > 0 and (crossed or step == self.total_steps)
+        return step > 0 and (intervals.crossed(step - 1, step, self.batch, self.every_images)
+                             or step == self.total_steps)
 
     def __call__(self, step, state, metrics):
         del metrics

@@ -214,3 +214,10 @@ def test_mesh_flag_parsing():
     assert (c.parallel.mesh_data, c.parallel.mesh_fsdp, c.parallel.strategy) == (1, 8, "fsdp")
     with pytest.raises(ValueError, match="--mesh: 'pp=2'"):
         parse_mesh("pp=2")
+
+
+def test_an_unknown_attention_kind_is_an_error_in_the_flop_count():
+    m = base_config().model
+    m.attention = "linear"
+    with pytest.raises(ValueError, match="model.attention: the FLOP counter has no layer walk for attention 'linear'"):
+        flops.model_flops(m)

@@ -77,3 +77,4 @@ def test_a_toy_phase_is_in_the_step_variants_and_the_bench_programs(toy_config):
     assert {"D/toy_penalty", "grad_norm/d_toy"} <= set(metrics) and "D/r1_penalty" not in metrics
     _, metrics = jax.eval_shape(tr.train_step.variant(()), state, reals)
     assert "D/toy_penalty" not in metrics
+

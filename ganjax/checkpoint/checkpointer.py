@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, to_jsonable
+from ganjax.train import intervals
 
 
 
@@ -103,9 +104,10 @@ class Checkpointer:
         self._mesh = mesh
         ck = config.checkpoint
         self._images_per_step = int(config.train.batch_size)
-        self._interval_images = int(round(float(ck.every_kimg) * 1000))
-        if self._interval_images < 1:
-            raise CheckpointError(f"checkpoint.every_kimg must be > 0 (got {ck.every_kimg})")
+        try:
+            self._interval_images = intervals.images(ck.every_kimg, "checkpoint.every_kimg")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
         if int(ck.keep) < 1:
             raise CheckpointError(f"checkpoint.keep must be >= 1 (got {ck.keep})")
         metrics = [m.strip() for m in str(config.eval.metrics).split(",")]
@@ -145,8 +147,7 @@ class Checkpointer:
 
     # -- save --------------------------------------------------------------------------------------------
     def _crosses_interval(self, step: int) -> bool:
-        done = lambda s: (s * self._images_per_step) // self._interval_images  # noqa: E731
-        return done(step) > done(self._last_step)
+        return intervals.crossed(self._last_step, step, self._images_per_step, self._interval_images)
 
     def maybe_save(self, step: int, state, loader=None, metrics_history=None, *, force=False) -> bool:
         step = int(step)

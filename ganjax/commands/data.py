@@ -16,9 +16,13 @@ import math
 import os
 import time
 
+import jax
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
-import numpy as np
+
+from ganjax import data, viz
+from ganjax.config import base_config
 
 config_flags.DEFINE_config_file("config", None, "config file and preset, e.g. configs/gansformer.py:shapes32")
 flags.DEFINE_string("dataset", None, "overrides data.dataset: shapes | folder | a TFDS catalog name")
@@ -37,8 +41,6 @@ ACTIONS = ("prepare", "show", "bench")
 
 
 def resolve_config():
-    from ganjax.config import base_config
-
     config = FLAGS.config if FLAGS.config is not None else base_config()
     for name, field in (("dataset", "data.dataset"), ("resolution", "model.resolution"),
                         ("data_dir", "data.data_dir"), ("folder", "data.folder"),
@@ -61,10 +63,6 @@ def uint8_grid(images, cols=None):
 
 
 def show(config, out: str, n: int):
-    import jax
-
-    from ganjax import data, viz
-
     if n < 1:
         raise ValueError(f"--n: must be >= 1 (got {n})")
     config = config.copy_and_resolve_references()
@@ -83,10 +81,6 @@ def show(config, out: str, n: int):
 
 def bench(config, steps: int) -> dict:
     """Loader throughput: global batches per second on all local devices, after a warm-up."""
-    import jax
-
-    from ganjax import data
-
     data.prepare(config)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
     loader = data.make_loader(config, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
@@ -112,8 +106,6 @@ def main(argv):
         raise SystemExit(f"usage: ganjax data {{{'|'.join(ACTIONS)}}} [--config FILE:PRESET] [flags] "
                          f"(got {argv[1:]})")
     config = resolve_config()
-    from ganjax import data
-
     if argv[1] == "prepare":
         start = time.time()
         builder = data.prepare(config)

@@ -12,7 +12,15 @@ import json
 import os
 import time
 
+import jax
 from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ganjax import metrics, parallel
+from ganjax.checkpoint import CheckpointError, load_generator, resolve
+from ganjax.config import base_config
+from ganjax.evaluate import Evaluator, InceptionWeightsMissing
+from ganjax.metrics.scores import parse_metrics
 
 flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl is appended here (and the checkpoint's "
                     "default source)", required=True)
@@ -43,15 +51,6 @@ def main(argv):
         raise SystemExit(f"ganjax eval: --num_images must be >= 2, got {FLAGS.num_images}")
     if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
         raise SystemExit(f"ganjax eval: --batch_size must be >= 1, got {FLAGS.batch_size}")
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from ganjax import metrics, parallel
-    from ganjax.checkpoint import CheckpointError, load_generator, resolve
-    from ganjax.evaluate import Evaluator, InceptionWeightsMissing
-    from ganjax.metrics.scores import parse_metrics
-
-    from ganjax.config import base_config
 
     # Before any backend starts: a launcher's multi-process environment (SLURM, TPU pod, ...) is detected.
     parallel.maybe_initialize_distributed(base_config())

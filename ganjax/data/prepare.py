@@ -3,6 +3,7 @@
 import ml_collections
 
 from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
+from ganjax.models.config import ModelConfig
 
 BUILTIN = ("shapes", "folder")
 
@@ -13,9 +14,7 @@ def data_dir(config: ml_collections.ConfigDict):
 
 def validate(config: ml_collections.ConfigDict):
     """Checks of config.data (and the resolution it is stored at) that need no files; errors name the field."""
-    r = config.model.resolution
-    if not isinstance(r, int) or r < 4 or r & (r - 1):
-        raise ValueError(f"model.resolution: must be a power of two >= 4 (got {r!r})")
+    ModelConfig(resolution=config.model.resolution).validate_resolution()
     d = config.data
     if not d.dataset:
         raise ValueError(f"data.dataset: must be set ({', '.join(BUILTIN)} or a TFDS catalog name)")

@@ -35,9 +35,20 @@ Conventions implemented (and where the references differ)
   fused_modconv means the grouped per-sample conv (our False). Both agree to ~1e-6.
 """
 
+import importlib
+
 from ganjax.models.config import ModelConfig
-from ganjax.models.discriminator import Discriminator
-from ganjax.models.generator import Generator
+
+# The modules import Flax and JAX; ModelConfig (the config schema's model section) does not, so they load
+# on first use: `import ganjax.config` stays free of JAX.
+_LAZY = {"Generator": "ganjax.models.generator", "Discriminator": "ganjax.models.discriminator"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ganjax.models' has no attribute {name!r}")
+
 
 # Logical axis names carried by every parameter (None = a dim too small or too odd to shard).
 LOGICAL_AXES = {
@@ -55,7 +66,7 @@ LOGICAL_AXES = {
 def build_models(model_cfg: ModelConfig):
     """Validated (G, D) linen modules for the config."""
     model_cfg.validate()
-    return Generator(model_cfg), Discriminator(model_cfg)
+    return __getattr__("Generator")(model_cfg), __getattr__("Discriminator")(model_cfg)
 
 
 __all__ = ["ModelConfig", "Generator", "Discriminator", "build_models", "LOGICAL_AXES"]

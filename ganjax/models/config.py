@@ -20,33 +20,34 @@ def _pow2(v) -> bool:
 class ModelConfig:
     resolution: int = 32
     num_channels: int = 3
-    architecture_g: str = "resnet"
+    architecture_g: str = "resnet"  # resnet | skip
     architecture_d: str = "resnet"
-    channel_base: int = 32768
+    channel_base: int = 32768  # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
     z_dim: int = 32
     w_dim: int = 32
-    num_local: int = 16
-    mapping_layers: int = 4
+    num_local: int = 16  # local latent components; k = num_local + 1 (global is last). 0 = StyleGAN2.
+    mapping_layers: int = 4  # residual layers per MLP (each 2 fc) + 1 output fc => 9 fc
     mapping_lrmul: float = 0.01
-    mapping_norm: str = "joint"
-    mapping_attention: bool = True
-    mapping_resnet: bool = True
-    global_modulation: bool = True
-    attention: str = "official"
-    attention_start_res: int = 4
+    mapping_norm: str = "joint"  # joint (PyTorch reference) | component (TF reference)
+    mapping_attention: bool = True  # self-attention among local latents in the mapping network
+    mapping_resnet: bool = True  # residual mapping layers (GANsformer); False = plain fc stack (StyleGAN2)
+    global_modulation: bool = True  # the global latent drives StyleGAN modulation; off = plain convs
+    attention: str = "official"  # official | simplex | duplex | none
+    attention_start_res: int = 4  # attention at resolutions start..end (inclusive)
     attention_end_res: int = 128
     heads: int = 1
     kmeans_iters: int = 1
-    integration: str = "mul"
+    integration: str = "mul"  # mul | add | both
     attention_dropout: float = 0.12
-    conv_last: bool = True
-    fused_modconv: bool = True
+    conv_last: bool = True  # the PyTorch reference's extra 3x3 conv in the last block
+    fused_modconv: bool = True  # batch-shared weights with input/output scaling; False = per-sample grouped
     mbstd_group: int = 4
     mbstd_channels: int = 1
-    d_attention: bool = False
-    compute_dtype: str = "float32"
+    d_attention: bool = False  # latent aggregators in D (TF reference's --d-transformer)
+    compute_dtype: str = "float32"  # float32 | bfloat16 (params stay float32)
     remat: bool = False
+    # auto: XLA conv for shared kernels, the matmul form for transposed / per-sample ones on CPU | matmul | xla
     conv_impl: str = "auto"
 
     @classmethod
@@ -108,6 +109,15 @@ class ModelConfig:
                      if self.attention_start_res <= r <= self.attention_end_res)
 
     # ---- validation ----
+    def validate_resolution(self):
+        """Raise ValueError('model.resolution: ...') unless it is a power of two >= 4 (the one place this
+        rule lives: the dataset preparation checks it here too)."""
+        r = self.resolution
+        if isinstance(r, bool) or not isinstance(r, int) or r < 4:
+            raise ValueError(f"model.resolution: {r!r} must be an integer >= 4")
+        if not _pow2(r):
+            raise ValueError(f"model.resolution: {r} is not a power of two (4, 8, ..., 1024)")
+
     def validate(self) -> "ModelConfig":
         """Raise ValueError('model.<field>: ...') for the first invalid setting."""
         def fail(field, msg):
@@ -126,9 +136,7 @@ class ModelConfig:
             if not isinstance(getattr(self, field), bool):
                 fail(field, f"{getattr(self, field)!r} must be True or False")
 
-        need_int("resolution", 4)
-        if not _pow2(self.resolution):
-            fail("resolution", f"{self.resolution} is not a power of two (4, 8, ..., 1024)")
+        self.validate_resolution()
         for f in ("num_channels", "channel_base", "channel_max", "z_dim", "w_dim", "mapping_layers",
                   "heads", "kmeans_iters", "mbstd_group"):
             need_int(f, 1)

@@ -115,10 +115,12 @@ def _attention_synthesis(cfg, name, res, c) -> list[Layer]:
         iters = _get(cfg, "kmeans_iters")
         flops += 2.0 * f * t * 2 * c * iters  # logits against the centroids, once per k-means iteration
         flops += 2.0 * t * f * 2 * c * (iters - 1)  # centroids recomputed from assignments
-    else:  # simplex / duplex: keys (with latent positions) are live
+    elif kind in ("simplex", "duplex"):  # keys (with latent positions) are live
         flops += dense_flops(t, w, c) * 2 + 2.0 * f * t * c
         if kind == "duplex":
             flops += 2.0 * t * f * c * 2  # latents attend to the image first (bottom-up)
+    else:
+        raise ValueError(f"model.attention: the FLOP counter has no layer walk for attention {kind!r}")
     flops += 2.0 * f * t * c  # control = probs @ values
     flops += dense_flops(f, c, out_c)  # integration modulation fc
     return [Layer(name, "attention", flops, params)]
