@@ -12,8 +12,10 @@ Conventions:
   half the bidirectional per-chip figure, which for v4/v5e/v6e equals the pod's all-reduce bandwidth /
   chips; GPU: NVLink inside an 8-GPU node). `inter_node_bytes_per_s`: per device, one direction, between
   domains (TPU: data-center network between slices; GPU: the per-GPU InfiniBand NIC).
-- `hbm_bytes`: as the vendor states it; the TPU compiler's own out-of-memory verdict (ganjax plan) is
-  authoritative where the two differ, since part of HBM is reserved by the runtime.
+- `hbm_bytes`: as the vendor states it, read as binary units for TPUs: Cloud TPU's "16 GB" (v5e) and "32 GB"
+  (v6e) are GiB, since libtpu's compiler lets one program use 15.75 and 31.25 GiB of them (more than 16e9
+  and 32e9 bytes); v4 32 GiB (30.75 usable), v5p 95 GiB (95.74 usable: the part has 96 GiB). The compiler's
+  own out-of-memory verdict (ganjax plan) is authoritative, since part of HBM is reserved by the runtime.
 """
 
 import dataclasses
@@ -53,17 +55,17 @@ ACCELERATORS = {
         "1.1 PB/s per 4096-chip pod (ICI spans the pod, so no DCN term)",
         slice_unit="cores", topology_dims=3, chip_config="megacore"),
     "v5e": Accelerator(
-        "TPU v5e", 197 * TB, 197 * TB, 16 * GB, 819 * GB, 400 * GB / 2, 256, 2 * 100e9 / 8 / 8, 2e-6,
+        "TPU v5e", 197 * TB, 197 * TB, 16 * GIB, 819 * GB, 400 * GB / 2, 256, 2 * 100e9 / 8 / 8, 2e-6,
         "cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, HBM2 16 GB at 819 GBps, bidirectional ICI 400 GBps "
         "per chip (all-reduce 51.2 TB/s per 256-chip pod), 2 x 100 Gbps NICs per 8-chip host (DCN)",
         slice_unit="chips", topology_dims=2),
     "v5p": Accelerator(
-        "TPU v5p", 459 * TB, 459 * TB, 95 * GIB, 2765 * GB, 1200 * GB / 2, 8960, 50e9 / 8, 2e-6,
+        "TPU v5p", 459 * TB, 459 * TB, 96 * GIB, 2765 * GB, 1200 * GB / 2, 8960, 50e9 / 8, 2e-6,
         "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, HBM2e 95 GiB at 2765 GBps, bidirectional ICI "
         "1200 GBps per chip, DCN 50 Gbps per chip",
         slice_unit="cores", topology_dims=3, chip_config="megacore"),
     "v6e": Accelerator(
-        "TPU v6e", 918 * TB, 918 * TB, 32 * GB, 1638 * GB, 800 * GB / 2, 256, 2 * 100e9 / 8 / 8, 2e-6,
+        "TPU v6e", 918 * TB, 918 * TB, 32 * GIB, 1638 * GB, 800 * GB / 2, 256, 2 * 100e9 / 8 / 8, 2e-6,
         "cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, HBM 32 GB at 1638 GBps, bidirectional ICI 800 GBps "
         "per chip (all-reduce 102.4 TB/s per 256-chip pod); DCN assumed as v5e's per-host NICs (no v6e figure)",
         slice_unit="chips", topology_dims=2),

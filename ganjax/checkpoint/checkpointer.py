@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, to_jsonable
@@ -75,19 +77,22 @@ class _PreemptionWatcher:
     def __init__(self):
         self._use_sync_point = jax.distributed.is_initialized()
         self._flag = threading.Event()
+        self.noticed_at = None  # time.time() of the notice (single process) or of the sync point reached
         self._previous_handler = None
         if not self._use_sync_point and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame):
         logging.warning("SIGTERM received: finishing the current step, then saving and exiting")
+        self.noticed_at = time.time()
         self._flag.set()
 
     def requested(self, step: int) -> bool:
         if self._use_sync_point:
-            from jax.experimental import multihost_utils
-
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+            reached = bool(multihost_utils.reached_preemption_sync_point(int(step)))
+            if reached and self.noticed_at is None:
+                self.noticed_at = time.time()
+            return reached
         return self._flag.is_set()
 
     def close(self):
@@ -144,6 +149,12 @@ class Checkpointer:
 
     def preemption_requested(self, step: int) -> bool:
         return self._preemption.requested(step)
+
+    def save_for_preemption(self, step: int, state, loader, metrics_history) -> float:
+        """Save `step` now and wait until it is committed; returns the seconds since the notice."""
+        self.maybe_save(step, state, loader, metrics_history, force=True)
+        self._raise_pending_error()
+        return time.time() - (self._preemption.noticed_at or time.time())
 
     # -- save --------------------------------------------------------------------------------------------
     def _crosses_interval(self, step: int) -> bool:

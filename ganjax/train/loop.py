@@ -273,16 +273,19 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
             window.add(metrics)
             _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
             prev_metrics = metrics
+            # Preemption first: save and exit before evaluation, logging or sample grids, none of which a
+            # resume needs (a preempted VM gives ~30 s from SIGTERM to SIGKILL).
+            if ckpt.preemption_requested(done):
+                seconds = ckpt.save_for_preemption(done, state, loader, history)
+                logging.warning("preemption: step %d committed %.1f s after the notice; exiting", done, seconds)
+                print(f"preemption: saved step {done} ({seconds:.1f} s after the notice); exiting", flush=True)
+                return last
             extra = _run_hooks(hooks, done, state, metrics)
             if window.due(done, extra):
                 last = window.log(done, extra)
             if samples is not None and samples.due(done):
                 samples(done, state)
             ckpt.maybe_save(done, state, loader, history)
-            if ckpt.preemption_requested(done):
-                logging.warning("preemption requested: saving step %d and exiting", done)
-                ckpt.maybe_save(done, state, loader, history, force=True)
-                return last
         ckpt.maybe_save(total_steps if start < total_steps else start, state, loader, history, force=True)
         if samples is not None and start < total_steps and samples.last != total_steps:
             samples(total_steps, state)
