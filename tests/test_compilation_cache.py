@@ -29,7 +29,10 @@ print(json.dumps({"compile_s": compile_s, "cache_hits": len(hits)}))
 
 
 def _compile_in_a_new_process(cache_dir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # The cache's benefit for the compile a user's run does: XLA:CPU's default optimisation, not the test
+    # suite's unoptimised backend (tests/conftest.py), which compiles faster and would shrink the ratio.
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, GANJAX_TEST_XLA_OPT="1")
     out = subprocess.run([sys.executable, "-c", WORKER, str(cache_dir), os.path.join(ROOT, "tests")], env=env,
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -43,4 +46,6 @@ def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
     first = _compile_in_a_new_process(tmp_path / "cache")  # an empty cache: a full compile, which it writes
     assert os.listdir(tmp_path / "cache") and first["cache_hits"] == 0
     second = _compile_in_a_new_process(tmp_path / "cache")
-    assert second["cache_hits"] == 1 and second["compile_s"] * 3 <= first["compile_s"], (first, second)
+    # >= 2.5x: measured 4x (Zen 3, default optimisation, alone) and 3.0x (Zen 5, the unoptimised backend, both
+    # cores shared with another compile); the load's share grows when the compile itself gets cheaper.
+    assert second["cache_hits"] == 1 and second["compile_s"] * 2.5 <= first["compile_s"], (first, second)
