@@ -273,9 +273,12 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
             window.add(metrics)
             _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
             prev_metrics = metrics
-            # Preemption first: save and exit before evaluation, logging or sample grids, none of which a
-            # resume needs (a preempted VM gives ~30 s from SIGTERM to SIGKILL).
+            # Preemption first: save and exit before evaluation and sample grids, which a resume does not need
+            # (a preempted VM gives ~30 s from SIGTERM to SIGKILL). A log line due at this step is still
+            # written (one fetch of the window's metrics), so the metric history stays whole across the resume.
             if ckpt.preemption_requested(done):
+                if window.due(done, {}):
+                    last = window.log(done, {})
                 seconds = ckpt.save_for_preemption(done, state, loader, history)
                 logging.warning("preemption: step %d committed %.1f s after the notice; exiting", done, seconds)
                 print(f"preemption: saved step {done} ({seconds:.1f} s after the notice); exiting", flush=True)
