@@ -112,7 +112,6 @@ class _LogWindow:
             meter, writer, history, total_steps, is_main)
         self.lrs = {f"lr/{w}": adam_hparams(t, w)["lr"] for w in ("g", "d")}
         self.run_start = time.time()
-        self.compiling = 0.0
         self._reset()
 
     def _reset(self):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from ganjax import parallel
 from ganjax.nn import backend
 from ganjax.train.recipe import variant_name
-from ganjax.train.step import PARAMS, Iteration, gathered_param_shardings
+from ganjax.train.step import OPT_STATES, Iteration, gathered_param_shardings, live_values, opt_states_of
 
 
 @dataclasses.dataclass
@@ -76,13 +76,10 @@ def phase_programs(tr) -> list[Program]:
             key = jax.random.wrap_key_data(st.rng)
             k_next, k_z, k_phase = jax.random.split(key, 3)
             inputs = {"z": jax.random.normal(k_z, z_shape, jnp.float32), "reals": reals}
-            live = {"g_params": st.g_params, "g_buffers": st.g_buffers, "d_params": st.d_params,
-                    "pl_mean": st.pl_mean}
-            grads, _, updates = it.run_phase(phase, k_phase, {k: inputs[k] for k in phase.spec.inputs}, live)
-            net, field = phase.spec.net, PARAMS[phase.spec.net]
-            opt_field = "g_opt_state" if net == "G" else "d_opt_state"
-            params, opt_state = it.update(net, live[field], getattr(st, opt_field), grads)
-            return st.replace(**{field: params, opt_field: opt_state, **updates}, rng=jax.random.key_data(k_next))
+            live, opt_states = live_values(st), opt_states_of(st)
+            it.phase_update(phase, k_phase, {k: inputs[k] for k in phase.spec.inputs}, live, opt_states)
+            return st.replace(**live, **{OPT_STATES[n]: s for n, s in opt_states.items()},
+                              rng=jax.random.key_data(k_next))
 
         jitted = jax.jit(program, in_shardings=(tr.state_shardings, tr.batch_sharding),
                          out_shardings=tr.state_shardings, donate_argnums=0)

@@ -118,6 +118,16 @@ def _all_finite(tree):
 
 
 PARAMS = {"G": "g_params", "D": "d_params"}  # the state field each network's phases update
+OPT_STATES = {"G": "g_opt_state", "D": "d_opt_state"}  # and its optimizer state
+LIVE = ("g_params", "g_buffers", "d_params", "pl_mean")  # what phases read and update (recipe.py)
+
+
+def live_values(state: TrainState) -> dict:
+    return {k: getattr(state, k) for k in LIVE}
+
+
+def opt_states_of(state: TrainState) -> dict:
+    return {net: getattr(state, field) for net, field in OPT_STATES.items()}
 
 
 class Iteration:
@@ -174,6 +184,15 @@ class Iteration:
         updates, opt_state = self.opt[net].update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
+    def phase_update(self, phase: Phase, key, batched: dict, live: dict, opt_states: dict):
+        """The phase and its network's optimizer step: updates `live` and `opt_states` (dicts keyed as
+        live_values / opt_states_of) in place; returns (grads, metrics)."""
+        grads, metrics, updates = self.run_phase(phase, key, batched, live)
+        live.update(updates)
+        net, field = phase.spec.net, PARAMS[phase.spec.net]
+        live[field], opt_states[net] = self.update(net, live[field], opt_states[net], grads)
+        return grads, metrics
+
     # -- the iteration --
     def __call__(self, state: TrainState, reals, zs: dict, key, firing: tuple[str, ...]):
         """One iteration on (this device's part of) the batch, with the lazy phases in `firing`; returns (new
@@ -183,21 +202,16 @@ class Iteration:
         the iteration discards the whole update (params, buffers, optimizer states, EMA) and counts a skip.
         """
         keys = phase_keys(key)
-        live = {"g_params": state.g_params, "g_buffers": state.g_buffers, "d_params": state.d_params,
-                "pl_mean": state.pl_mean}
-        opt_states = {"G": state.g_opt_state, "D": state.d_opt_state}
+        live, opt_states = live_values(state), opt_states_of(state)
         metrics, finite = {}, []
         for phase in self.cfg.running:
             if phase.spec.lazy and phase.name not in firing:
                 continue
             batched = {k: zs[phase.name] if k == "z" else reals for k in phase.spec.inputs}
-            grads, m, updates = self.run_phase(phase, keys[phase.name], batched, live)
+            grads, m = self.phase_update(phase, keys[phase.name], batched, live, opt_states)
             finite.append(_all_finite(grads))
             metrics[f"grad_norm/{phase.name}"] = optax.tree.norm(grads)
             metrics.update(m)
-            live.update(updates)
-            net, field = phase.spec.net, PARAMS[phase.spec.net]
-            live[field], opt_states[net] = self.update(net, live[field], opt_states[net], grads)
 
         beta = losses.ema_beta(state.step, self.cfg.batch_size, self.cfg.ema_kimg, self.cfg.ema_rampup)
         g_ema_params = jax.tree.map(lambda p, e: p + (e - p) * beta, live["g_params"], state.g_ema_params)
