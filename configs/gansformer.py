@@ -1,4 +1,4 @@
-"""GANsformer presets: `--config configs/gansformer.py:<preset>[,size=s|m|l|xl]`.
+"""GANsformer presets: `--config configs/gansformer.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan]`.
 
 Presets: shapes32, shapes64 (embedded procedural scenes, sized for a CPU); clevr256, ffhq256,
 bedroom256, cityscapes256, ffhq1024 (the reference's defaults, SPEC-gansformer.md sections 2, 3, 6).
@@ -30,8 +30,7 @@ def get_config(arg=None):
         m.global_modulation, m.mapping_attention = True, True
     if name not in presets.CPU:
         m.channel_base, m.channel_max = 32768, 512
-    if "size" in options:
-        presets.apply_size(c, options["size"])
+    presets.apply_options(c, name, options)
     return c
 
 

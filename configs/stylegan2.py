@@ -1,5 +1,5 @@
 """StyleGAN2 baseline presets with the GANsformer presets' names and training defaults:
-`--config configs/stylegan2.py:<preset>[,size=s|m|l|xl]`.
+`--config configs/stylegan2.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan]`.
 
 No local latents and no attention; z = w = 512 through a plain 9-fc mapping network (8 fc + the output
 fc, as the reference's StyleGAN2 baseline); skip generator, resnet discriminator (StyleGAN2 config-f).
@@ -21,6 +21,5 @@ def get_config(arg=None):
     m.architecture_g, m.architecture_d = "skip", "resnet"
     if name not in presets.CPU:
         m.channel_base, m.channel_max = 32768, 512
-    if "size" in options:
-        presets.apply_size(c, options["size"])
+    presets.apply_options(c, name, options)
     return c

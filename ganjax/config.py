@@ -16,6 +16,8 @@ import ml_collections
 
 from ganjax.models.config import ModelConfig
 
+RAMPABLE = ("lr_g", "lr_d", "beta2", "r1_gamma", "r2_gamma")  # train fields with a ramp (train.ramp_to)
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -68,6 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_grid = 16  # images in the fixed-latent sample grid
     t.price_per_device_hour = 0.0
     t.noise_mode = "random"  # G's per-pixel noise while training: random (reference) | const | none
+    # Cosine ramps (R3GAN's schedules, ganjax/train/ramps.py): each field below goes from its value above to
+    # the one given here over the first ramp_kimg thousand images, then holds; None = no ramp for it.
+    t.ramp_kimg = 0.0  # 0 = no ramps
+    t.ramp_to = ml_collections.ConfigDict(
+        {name: ml_collections.config_dict.placeholder(float) for name in RAMPABLE})
 
 
     p = c.parallel = ml_collections.ConfigDict()
@@ -227,6 +234,7 @@ _RULES = {
     "train.sample_grid": _int(1),
     "train.price_per_device_hour": _number(0),
     "train.noise_mode": _one_of_module("ganjax.models.synthesis", "NOISE_MODES"),
+    "train.ramp_kimg": _number(0),
     "parallel.strategy": _one_of_module("ganjax.parallel.rules", "STRATEGIES"),
     "parallel.mesh_data": _mesh_dim,
     "parallel.mesh_fsdp": _mesh_dim,
@@ -326,6 +334,8 @@ def _cross_field_problems(c, num_devices):
     if t.pl_weight > 0 and (micro % t.pl_batch_shrink or micro < t.pl_batch_shrink):
         problems.append(f"config.train.pl_batch_shrink: {t.pl_batch_shrink} does not divide the micro-batch {micro}")
 
+    problems += _ramp_problems(t)
+
     p = c.parallel
     mesh_problems, mesh = _mesh_problems(p, micro, num_devices)
     problems += mesh_problems
@@ -343,6 +353,26 @@ def _cross_field_problems(c, num_devices):
         problems.append(f"config.data.split: {d.split!r} is not one of ('train', 'test') (the shapes dataset)")
     if d.dataset == "folder" and d.split != "train":
         problems.append(f"config.data.split: {d.split!r}: an image folder has one split, 'train'")
+    return problems
+
+
+def _ramp_problems(t):
+    """A ramp's final value obeys its field's rule; a ramp needs a length, and a gamma ramp a regulariser
+    that is on (its base gamma decides whether the phase runs)."""
+    problems = []
+    for name in RAMPABLE:
+        final = t.ramp_to[name]
+        if final is None:
+            continue
+        msg = _RULES[f"train.{name}"](final)
+        if msg:
+            problems.append(f"config.train.ramp_to.{name}: {msg}")
+        elif t.ramp_kimg <= 0:
+            problems.append(f"config.train.ramp_to.{name}: set to {final!r} but config.train.ramp_kimg is "
+                            f"{t.ramp_kimg!r} (the ramp needs a length in kimg > 0)")
+        elif name.endswith("_gamma") and t[name] <= 0:
+            problems.append(f"config.train.ramp_to.{name}: set to {final!r} but config.train.{name} is "
+                            f"{t[name]!r}, which turns that penalty off; give it the ramp's start value")
     return problems
 
 

@@ -24,7 +24,8 @@ def load(name):
 
 @pytest.mark.parametrize("file", FILES)
 @pytest.mark.parametrize("arg", [*presets.NAMES, *(f"{n},size={s}" for n in ("shapes32", "clevr256")
-                                                    for s in presets.SIZES), None])
+                                                    for s in presets.SIZES),
+                                 *(f"{n},recipe={r}" for n in ("shapes32", "ffhq256") for r in presets.RECIPES), None])
 def test_every_preset_validates(file, arg):
     c = load(file).get_config(arg)
     assert validate(c) is c

@@ -78,3 +78,19 @@ def test_a_toy_phase_is_in_the_step_variants_and_the_bench_programs(toy_config):
     _, metrics = jax.eval_shape(tr.train_step.variant(()), state, reals)
     assert "D/toy_penalty" not in metrics
 
+
+
+def test_regularisers_every_iteration_share_their_networks_main_step():
+    """Interval 1: the penalty's gradient is summed into its network's main Adam step (R3GAN's one D loss),
+    which adds no optimizer step to scale for; interval N > 1: its own step every N iterations."""
+    def steps(**train):
+        return [tuple(p.name for p in group) for group in
+                recipe.optimizer_steps(StepConfig.from_config(tiny_config(**train)).running)]
+
+    assert steps(r1_interval=1, r2_gamma=1.0, r2_interval=1) == [("g_main",), ("d_main", "d_r1", "d_r2")]
+    assert steps(r1_interval=16, r2_gamma=1.0, r2_interval=1) == [("g_main",), ("d_main", "d_r2"), ("d_r1",)]
+    assert steps(pl_weight=2.0, pl_interval=1) == [("g_main", "g_pl"), ("d_main",), ("d_r1",)]
+    t = tiny_config(r1_interval=1, r2_gamma=1.0, r2_interval=1).train
+    assert adam_hparams(t, "d")["lr"] == t.lr_d and adam_hparams(t, "g")["lr"] == t.lr_g * 0.8  # PL every 4, off
+    t = tiny_config(r1_interval=16, r2_gamma=1.0, r2_interval=1).train
+    assert adam_hparams(t, "d")["lr"] == t.lr_d * float(Fraction(16, 17))

@@ -93,7 +93,7 @@ def test_r1_phase_gradient_matches_finite_differences():
         reals = jax.random.normal(jax.random.key(0), (3, 5, 5, 3), jnp.float64)
         params = D.init(jax.random.key(1), reals)["params"]
         it = Iteration(None, D, None, None, cfg)
-        r1_phase = jax.jit(lambda p: recipe.d_r1(it, jax.random.key(2), {"reals": reals}, {"d_params": p}))
+        r1_phase = jax.jit(lambda p: recipe.d_r1(it, jax.random.key(2), {"reals": reals}, {"d_params": p, "hparams": {}}))
         grads, aux, _ = r1_phase(params)
 
         def loss(p):
@@ -153,7 +153,7 @@ def _toy_iteration(**train):
     reals = jax.random.normal(jax.random.key(1), (4, 5, 5, 3), jnp.float64)
     g_params = G.init(jax.random.key(2), z)["params"]
     d_params = D.init(jax.random.key(3), reals)["params"]
-    live = {"g_params": g_params, "g_buffers": {}, "d_params": d_params, "pl_mean": jnp.zeros(())}
+    live = {"g_params": g_params, "g_buffers": {}, "d_params": d_params, "pl_mean": jnp.zeros(()), "hparams": {}}
     return Iteration(G, D, None, None, StepConfig.from_config(c)), z, reals, live
 
 

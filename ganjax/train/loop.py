@@ -141,7 +141,8 @@ class _LogWindow:
         logged = _average(self.pending)
         kimg = done * self.batch / 1000
         logged.update(extra)
-        logged.update(self.lrs)
+        for name, lr in self.lrs.items():  # the constant lrs, where the step does not log ramped ones
+            logged.setdefault(name, lr)
         logged.update({
             "kimg": kimg, "img_per_sec": self.steps * self.batch / elapsed,
             "sec_per_kimg": elapsed / (self.steps * self.batch / 1000), "step_time": elapsed / self.steps,

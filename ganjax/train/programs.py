@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from ganjax import parallel
 from ganjax.nn import backend
 from ganjax.train.recipe import variant_name
-from ganjax.train.step import OPT_STATES, Iteration, gathered_param_shardings, live_values, opt_states_of
+from ganjax.train.step import LIVE, OPT_STATES, Iteration, gathered_param_shardings, live_values, opt_states_of
 
 
 @dataclasses.dataclass
@@ -75,10 +75,10 @@ def phase_programs(tr) -> list[Program]:
         def program(st, reals, phase=phase):
             key = jax.random.wrap_key_data(st.rng)
             k_next, k_z, k_phase = jax.random.split(key, 3)
-            inputs = {"z": jax.random.normal(k_z, z_shape, jnp.float32), "reals": reals}
-            live, opt_states = live_values(st), opt_states_of(st)
-            it.phase_update(phase, k_phase, {k: inputs[k] for k in phase.spec.inputs}, live, opt_states)
-            return st.replace(**live, **{OPT_STATES[n]: s for n, s in opt_states.items()},
+            inputs = {"z": {phase.name: jax.random.normal(k_z, z_shape, jnp.float32)}, "reals": reals}
+            live, opt_states = live_values(st, cfg), opt_states_of(st)
+            it.optimizer_step((phase,), {phase.name: k_phase}, inputs, live, opt_states)
+            return st.replace(**{k: live[k] for k in LIVE}, **{OPT_STATES[n]: s for n, s in opt_states.items()},
                               rng=jax.random.key_data(k_next))
 
         jitted = jax.jit(program, in_shardings=(tr.state_shardings, tr.batch_sharding),

@@ -6,7 +6,8 @@ iteration, or lazily every N), whether its loss is a lazy regulariser's (multipl
 its training FLOPs per image. Everything else is derived from the list:
 - the step variants (ganjax/train/step.py): one compiled program per combination of lazy phases that
   fire together; which fire at step s is `fires(s)`;
-- the optimizers' lazy-regularisation scaling (ganjax/train/state.py, `lazy_ratio`);
+- the optimizer steps of an iteration (`optimizer_steps`: a regulariser every iteration is summed into its
+  network's main step) and the optimizers' lazy-regularisation scaling (ganjax/train/state.py, `lazy_ratio`);
 - the per-phase programs of `ganjax bench` and `ganjax plan` (ganjax/train/programs.py);
 - the FLOP count and the cost meter (ganjax/train/cost.py) and the scaling model's collectives.
 A new phase is one function (`fn` below) and one entry in PHASES (with its `schedule`: the interval and
@@ -16,7 +17,8 @@ A phase function computes, for one micro-batch, `(grads of its network, metrics,
     fn(it, key, inputs, live) -> (grads, metrics, updates)
 `it` is the ganjax.train.step.Iteration (G, D and their helpers for the strategy), `inputs` the
 micro-batch {'z': ..., 'reals': ...}, `live` the current {'g_params', 'g_buffers', 'd_params',
-'pl_mean'} (after earlier phases' updates), `updates` a dict of new values for keys of `live` other than
+'pl_mean'} (after earlier phases' updates) and 'hparams' (hyper-parameters at this iteration: read a
+config value that can ramp with `it.value(name, live)`), `updates` a dict of new values for keys of `live` other than
 the params (G's w_avg buffers, the path-length mean). Metrics and updates must be linear in the batch mean,
 so averaging them over micro-batches and devices gives the full-batch values.
 """
@@ -143,7 +145,7 @@ def d_r1(it, key, inputs, live):
 
     def loss_fn(dp):
         penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k), inputs["reals"])
-        return jnp.mean(penalty) * (it.cfg.r1_gamma / 2) * it.cfg.interval("d_r1"), jnp.mean(penalty)
+        return jnp.mean(penalty) * (it.value("r1_gamma", live) / 2) * it.cfg.interval("d_r1"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])
     return grads, {"D/reg_loss": loss, "D/r1_penalty": penalty}, {}
@@ -158,7 +160,7 @@ def d_r2(it, key, inputs, live):
 
     def loss_fn(dp):
         penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k_d), fakes)
-        return jnp.mean(penalty) * (it.cfg.r2_gamma / 2) * it.cfg.interval("d_r2"), jnp.mean(penalty)
+        return jnp.mean(penalty) * (it.value("r2_gamma", live) / 2) * it.cfg.interval("d_r2"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])
     return grads, {"D/r2_loss": loss, "D/r2_penalty": penalty}, {}
@@ -227,13 +229,31 @@ def recipe(train) -> tuple[Phase, ...]:
     return tuple(Phase(spec, *spec.schedule(train)) for spec in PHASES.values())
 
 
+def optimizer_steps(phases) -> tuple[tuple[Phase, ...], ...]:
+    """The phases (in iteration order) grouped into their optimizer steps. A regulariser every iteration
+    (interval 1) joins its network's main phase: their gradients, taken at the same parameters, are summed
+    into one Adam step, which is the gradient of the summed loss (R3GAN's one D loss with R1 and R2; the
+    reference's 'both' phases when it has no lazy interval). A lazy one (interval N > 1) is a step of its own
+    on the parameters the main step left, every N iterations."""
+    groups: list[list[Phase]] = []
+    for p in phases:
+        if p.spec.lazy and p.interval == 1:
+            main = next((g for g in groups if g[0].spec.net == p.spec.net and not g[0].spec.lazy), None)
+            if main is not None:
+                main.append(p)
+                continue
+        groups.append([p])
+    return tuple(map(tuple, groups))
+
+
 def lazy_ratio(phases, net: str) -> float:
     """The factor on a network's Adam lr (and exponent on its betas) that keeps its dynamics with lazy
-    regularisation: its optimizer steps 1 + sum(1/N_i) times per iteration for lazy phases every N_i
-    iterations, so the reference's N/(N+1) for one. As the reference, a lazy phase configured off still
-    counts its configured interval (the default G runs at lr x 4/5 with path length off) where the reference
-    has it (PhaseSpec.scales_when_off)."""
-    extra = sum((Fraction(1, p.interval) for p in phases if p.spec.net == net and p.spec.lazy and p.interval > 0
+    regularisation: its optimizer steps 1 + sum(1/N_i) times per iteration for lazy phases every N_i > 1
+    iterations, so the reference's N/(N+1) for one (a regulariser every iteration adds no step: it is part of
+    the main one, `optimizer_steps`). As the reference, a lazy phase configured off still counts its
+    configured interval (the default G runs at lr x 4/5 with path length off) where the reference has it
+    (PhaseSpec.scales_when_off)."""
+    extra = sum((Fraction(1, p.interval) for p in phases if p.spec.net == net and p.spec.lazy and p.interval > 1
                  and (p.runs or p.spec.scales_when_off)), Fraction(0))
     return float(1 / (1 + extra))  # exact rational, rounded once: N/(N+1) to the last bit
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from ganjax.train import recipe
+from ganjax.train.ramps import Ramps
 
 
 @flax.struct.dataclass
@@ -38,11 +39,16 @@ def adam_hparams(train, which: str) -> dict:
 
 
 def make_optimizers(train) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """optax.adam puts eps outside the square root with bias correction, exactly like torch.optim.Adam."""
+    """optax.adam puts eps outside the square root with bias correction, exactly like torch.optim.Adam.
+    A network whose lr or beta2 ramps (ganjax/train/ramps.py) gets its Adam with those hyper-parameters in its
+    optimizer state (optax.inject_hyperparams), set by the step each iteration; the others keep optax.adam's
+    plain state (and their checkpoints' layout)."""
+    ramps = Ramps.from_config(train)
     opts = []
-    for which in ("g", "d"):
+    for which, net in (("g", "G"), ("d", "D")):
         h = adam_hparams(train, which)
-        opts.append(optax.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=train.eps))
+        adam = optax.inject_hyperparams(optax.adam) if ramps.ramps_optimizer(net) else optax.adam
+        opts.append(adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=train.eps))
     return tuple(opts)
 
 

@@ -1,7 +1,8 @@
 """The training iteration as pure jitted functions of (state, batch).
 
 One iteration runs the recipe's phases in order (ganjax/train/recipe.py: G main, G path length, D main,
-D R1 as configured), each its own optimizer update of its network, then the EMA of G. Lazy phases run every
+D R1, D R2 as configured), each its own optimizer update of its network (a regulariser every iteration
+shares its network's main update: recipe.optimizer_steps), then the EMA of G. Lazy phases run every
 N iterations with their loss multiplied by N (lazy regularisation). Which lazy phases fire is decided on the
 host from the step count; each combination is a separately compiled function (see `TrainStep`), so no step
 pays for a regulariser it does not run.
@@ -31,7 +32,8 @@ from ganjax.parallel.distributed import barrier
 from ganjax.parallel.mesh import batch_axes
 from ganjax.parallel.rules import for_compute
 from ganjax.train import losses
-from ganjax.train.recipe import Phase, phase_keys, recipe, stream, variant_name
+from ganjax.train.ramps import Ramps
+from ganjax.train.recipe import Phase, lazy_ratio, optimizer_steps, phase_keys, recipe, stream, variant_name
 from ganjax.train.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class StepConfig:
     ema_kimg: float
     ema_rampup: float
     phases: tuple[Phase, ...]
+    ramps: Ramps
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
@@ -64,7 +67,8 @@ class StepConfig:
             noise_mode=t.noise_mode, r1_gamma=float(t.r1_gamma), r2_gamma=float(t.r2_gamma),
             pl_weight=float(t.pl_weight),
             pl_decay=float(t.pl_decay), pl_batch_shrink=int(t.pl_batch_shrink), grad_accum=int(t.grad_accum),
-            ema_kimg=float(t.ema_kimg), ema_rampup=float(t.ema_rampup), phases=recipe(t))
+            ema_kimg=float(t.ema_kimg), ema_rampup=float(t.ema_rampup), phases=recipe(t),
+            ramps=Ramps.from_config(t))
 
     @property
     def running(self) -> tuple[Phase, ...]:
@@ -122,8 +126,10 @@ OPT_STATES = {"G": "g_opt_state", "D": "d_opt_state"}  # and its optimizer state
 LIVE = ("g_params", "g_buffers", "d_params", "pl_mean")  # what phases read and update (recipe.py)
 
 
-def live_values(state: TrainState) -> dict:
-    return {k: getattr(state, k) for k in LIVE}
+def live_values(state: TrainState, cfg: StepConfig) -> dict:
+    """What phases read: the LIVE state fields, and 'hparams', the ramped hyper-parameters at this iteration
+    (ganjax/train/ramps.py; read with Iteration.value)."""
+    return {**{k: getattr(state, k) for k in LIVE}, "hparams": cfg.ramps.at(state.step * cfg.batch_size)}
 
 
 def opt_states_of(state: TrainState) -> dict:
@@ -180,17 +186,36 @@ class Iteration:
             grads = jax.lax.with_sharding_constraint(grads, self.param_shardings[phase.spec.net])
         return grads, metrics, updates
 
-    def update(self, net: str, params, opt_state, grads):
+    def value(self, name: str, live: dict):
+        """A train hyper-parameter at this iteration: its ramped value, else the configured constant."""
+        return live["hparams"].get(name, getattr(self.cfg, name))
+
+    def update(self, net: str, params, opt_state, grads, hparams: dict):
+        ramped = self.cfg.ramps.optimizer_ramps(net)
+        if ramped:  # set this iteration's lr / beta2, lazily scaled like the constants (state.adam_hparams)
+            ratio = lazy_ratio(self.cfg.phases, net)
+            hp = dict(opt_state.hyperparams)
+            for name, arg in ramped.items():
+                hp[arg] = hparams[name] * ratio if arg == "learning_rate" else hparams[name] ** ratio
+            opt_state = opt_state._replace(hyperparams=hp)
         updates, opt_state = self.opt[net].update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def phase_update(self, phase: Phase, key, batched: dict, live: dict, opt_states: dict):
-        """The phase and its network's optimizer step: updates `live` and `opt_states` (dicts keyed as
-        live_values / opt_states_of) in place; returns (grads, metrics)."""
-        grads, metrics, updates = self.run_phase(phase, key, batched, live)
-        live.update(updates)
-        net, field = phase.spec.net, PARAMS[phase.spec.net]
-        live[field], opt_states[net] = self.update(net, live[field], opt_states[net], grads)
+    def optimizer_step(self, phases: tuple[Phase, ...], keys: dict, inputs: dict, live: dict, opt_states: dict):
+        """Phases of one network at the same parameters (recipe.optimizer_steps; usually one) and one optimizer
+        step on the sum of their gradients: updates `live` and `opt_states` (dicts keyed as live_values /
+        opt_states_of) in place; returns ({phase: grads}, metrics). `inputs` holds the batch ('reals') and
+        each phase's latents ({'z': {phase: z}}), `keys` each phase's key."""
+        grads, metrics = {}, {}
+        for phase in phases:
+            batched = {k: inputs["z"][phase.name] if k == "z" else inputs[k] for k in phase.spec.inputs}
+            grads[phase.name], m, updates = self.run_phase(phase, keys[phase.name], batched, live)
+            live.update(updates)
+            metrics.update(m)
+        net = phases[0].spec.net
+        field = PARAMS[net]
+        total = jax.tree.map(lambda *g: sum(g[1:], g[0]), *grads.values())
+        live[field], opt_states[net] = self.update(net, live[field], opt_states[net], total, live["hparams"])
         return grads, metrics
 
     # -- the iteration --
@@ -202,15 +227,18 @@ class Iteration:
         the iteration discards the whole update (params, buffers, optimizer states, EMA) and counts a skip.
         """
         keys = phase_keys(key)
-        live, opt_states = live_values(state), opt_states_of(state)
-        metrics, finite = {}, []
-        for phase in self.cfg.running:
-            if phase.spec.lazy and phase.name not in firing:
-                continue
-            batched = {k: zs[phase.name] if k == "z" else reals for k in phase.spec.inputs}
-            grads, m = self.phase_update(phase, keys[phase.name], batched, live, opt_states)
-            finite.append(_all_finite(grads))
-            metrics[f"grad_norm/{phase.name}"] = optax.tree.norm(grads)
+        live, opt_states = live_values(state, self.cfg), opt_states_of(state)
+        metrics = {f"ramp/{name}": v for name, v in live["hparams"].items()}
+        for net, name in (("G", "lr_g"), ("D", "lr_d")):  # the lr Adam runs at, as the loop logs constant ones
+            if name in live["hparams"]:
+                metrics[f"lr/{net.lower()}"] = live["hparams"][name] * lazy_ratio(self.cfg.phases, net)
+        finite = []
+        running = tuple(p for p in self.cfg.running if not p.spec.lazy or p.name in firing)
+        for phases in optimizer_steps(running):
+            grads, m = self.optimizer_step(phases, keys, {"z": zs, "reals": reals}, live, opt_states)
+            for name, g in grads.items():
+                finite.append(_all_finite(g))
+                metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
             metrics.update(m)
 
         beta = losses.ema_beta(state.step, self.cfg.batch_size, self.cfg.ema_kimg, self.cfg.ema_rampup)
