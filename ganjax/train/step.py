@@ -229,9 +229,10 @@ class Iteration:
         keys = phase_keys(key)
         live, opt_states = live_values(state, self.cfg), opt_states_of(state)
         metrics = {f"ramp/{name}": v for name, v in live["hparams"].items()}
-        for net, name in (("G", "lr_g"), ("D", "lr_d")):  # the lr Adam runs at, as the loop logs constant ones
-            if name in live["hparams"]:
-                metrics[f"lr/{net.lower()}"] = live["hparams"][name] * lazy_ratio(self.cfg.phases, net)
+        for net in PARAMS:  # the lr each Adam runs at where it ramps, as the loop logs the constant ones
+            for name, arg in self.cfg.ramps.optimizer_ramps(net).items():
+                if arg == "learning_rate":
+                    metrics[f"lr/{net.lower()}"] = live["hparams"][name] * lazy_ratio(self.cfg.phases, net)
         finite = []
         running = tuple(p for p in self.cfg.running if not p.spec.lazy or p.name in firing)
         for phases in optimizer_steps(running):
