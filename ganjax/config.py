@@ -1,6 +1,6 @@
 """The one config schema. Config files in configs/ start from `base_config()` and override fields.
 
-Sections: model (architecture), data (dataset and loader), train (optimisation and loop),
+Sections: model (architecture), data (dataset and loader), train (optimisation and loop), augment (ADA),
 parallel (mesh and sharding strategy), checkpoint, eval, bench.
 `validate(config, num_devices=None)` checks every section before anything compiles and raises ConfigError
 naming each wrong field (`config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')`).
@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.folder = ""  # image folder for dataset=folder
     d.split = "train"
     d.num_images = 10000  # size of the procedural dataset
+    d.max_images = 0  # train on the first N images of the split only (0 = all); FID still scores against all
     d.aspect_ratio = 1.0  # crop to this aspect (h/w) then pad to square (GANsformer preprocessing)
     d.mirror = False
     d.shuffle_seed = 0
@@ -76,6 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
     t.ramp_to = ml_collections.ConfigDict(
         {name: ml_collections.config_dict.placeholder(float) for name in RAMPABLE})
 
+
+    # Adaptive discriminator augmentation (StyleGAN2-ADA; ganjax/augment/): every image D sees, real or
+    # fake, in every D evaluation (R1/R2 included), goes through the augmentations in `ops`, each with
+    # probability p per sample.
+    a = c.augment = ml_collections.ConfigDict()
+    a.mode = "off"  # off | ada (p adapted toward `target`, kept in the train state) | fixed (p constant)
+    a.ops = "bgc"  # comma list of augmentations and groups (ganjax/augment/ops.py: OPS, GROUPS; bgc = all)
+    a.p = 0.0  # the initial p (ada) or the constant one (fixed)
+    a.target = 0.6  # ada: the wanted mean sign(D(real)) over the augmented reals
+    a.interval = 4  # ada: iterations between adjustments of p
+    a.speed_kimg = 500.0  # ada: p can move from 0 to 1 in this many thousand images
 
     p = c.parallel = ml_collections.ConfigDict()
     p.strategy = "dp"  # dp | fsdp | fsdp_tp | shard_map
@@ -148,6 +160,19 @@ def _one_of_module(module: str, name: str):
     return check
 
 
+def _parsed_by(module: str, name: str):
+    """Valid when module.name(value) (imported when a config is checked) raises no ValueError; the problem
+    is its message."""
+    def check(v):
+        try:
+            getattr(importlib.import_module(module), name)(v)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    return check
+
+
 def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
@@ -204,6 +229,7 @@ _RULES = {
     "data.dataset": _nonempty,
     "data.split": _nonempty,
     "data.num_images": _int(1),
+    "data.max_images": _int(0),
     "data.aspect_ratio": _number(0, lo_open=True),
     "data.shuffle_seed": _int(0),
     "data.prefetch": _int(0),
@@ -235,6 +261,12 @@ _RULES = {
     "train.price_per_device_hour": _number(0),
     "train.noise_mode": _one_of_module("ganjax.models.synthesis", "NOISE_MODES"),
     "train.ramp_kimg": _number(0),
+    "augment.mode": _one_of_module("ganjax.augment.adaptive", "MODES"),
+    "augment.ops": _parsed_by("ganjax.augment.ops", "parse_ops"),
+    "augment.p": _number(0, 1),
+    "augment.target": _number(0, 1, lo_open=True, hi_open=True),
+    "augment.interval": _int(1),
+    "augment.speed_kimg": _number(0, lo_open=True),
     "parallel.strategy": _one_of_module("ganjax.parallel.rules", "STRATEGIES"),
     "parallel.mesh_data": _mesh_dim,
     "parallel.mesh_fsdp": _mesh_dim,

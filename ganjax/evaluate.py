@@ -75,6 +75,7 @@ class Evaluator:
             cfg = self.config.copy_and_resolve_references()
             cfg.unlock()
             cfg.data.mirror = False  # the reference is the dataset itself, not its augmentation
+            cfg.data.max_images = 0  # and all of it, when training uses a subset (as StyleGAN2-ADA scores)
             cfg.train.batch_size = self.batch_size
             data.prepare(cfg)
             loader = data.make_loader(cfg, self.batch_sharding)

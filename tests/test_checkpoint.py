@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -316,3 +317,50 @@ def test_sigterm_sets_preemption_flag(tmp_path):
     finally:
         ck.close()
     assert signal.getsignal(signal.SIGTERM) is before  # handler released on close
+
+
+def test_augmentation_p_survives_a_round_trip_exactly(tmp_path):
+    """Adaptive augmentation's state (TrainState.augment) is saved and restored bit for bit."""
+    mesh, state = dp8_state()
+    put = lambda x: jax.device_put(np.float32(x), NamedSharding(mesh, P()))  # noqa: E731
+    state["augment"] = {"p": put(0.37129837), "signs": put(1.25)}
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    ck.maybe_save(4, state, force=True)
+    ck.close()
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    restored, _ = ck.restore(abstract_like(state, lambda x: NamedSharding(mesh, P())))
+    ck.close()
+    assert np.asarray(restored["augment"]["p"]).tobytes() == np.float32(0.37129837).tobytes()
+    assert_tree_equal(restored, state)
+
+
+@flax.struct.dataclass
+class _OldState:
+    w: jax.Array
+    step: jax.Array
+
+
+@flax.struct.dataclass
+class _NewState:
+    w: jax.Array
+    step: jax.Array
+    augment: dict = flax.struct.field(default_factory=dict)  # added later; empty when not adaptive
+
+
+def test_a_checkpoint_from_before_an_empty_field_was_added_restores(tmp_path):
+    """A state field added later that holds no arrays in this run (TrainState.augment without adaptive
+    augmentation) does not stop an older checkpoint, which lacks it, from resuming."""
+    mesh = mesh_of((8,), ("data",))
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P()))  # noqa: E731
+    old = _OldState(w=put(np.arange(8, dtype=np.float32)), step=put(np.int32(5)))
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    ck.maybe_save(5, old, force=True)
+    ck.close()
+    target = _NewState(w=jax.ShapeDtypeStruct((8,), np.float32, sharding=NamedSharding(mesh, P())),
+                       step=jax.ShapeDtypeStruct((), np.int32, sharding=NamedSharding(mesh, P())))
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    restored, _ = ck.restore(target)
+    ck.close()
+    assert isinstance(restored, _NewState) and restored.augment == {}
+    np.testing.assert_array_equal(np.asarray(restored.w), np.arange(8, dtype=np.float32))
+    assert int(restored.step) == 5

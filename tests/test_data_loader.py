@@ -179,3 +179,17 @@ def test_prefetch_depth_does_not_change_the_batches(data_dir, prefetch):
     for _ in range(14):
         np.testing.assert_array_equal(loader.next_local(), base.next_local())
     assert 0.0 < loader.wait_seconds  # time blocked in next(), for the data-wait share of a step
+
+
+def test_max_images_trains_on_the_first_n_images_only(data_dir):
+    c = make_config(data_dir)
+    c.data.max_images = 40
+    loader = data.make_loader(c, sharding(), process_index=0, process_count=1)
+    assert loader.num_examples == 40
+    source = data.builder_and_split(c)[0].as_data_source(split="train")
+    first = set(keys(source[i]["image"] for i in range(40)))
+    seen = set()
+    for _ in range(10):  # 160 images: 4 epochs of the subset
+        seen |= set(keys(loader.next_local()))
+    loader.close()
+    assert seen == first

@@ -22,7 +22,7 @@ from test_train_step import tiny_config
 def d_toy(it, key, inputs, live):
     """0 x mean D(reals): a penalty with no effect, so only the plumbing is tested."""
     def loss_fn(dp):
-        penalty = jnp.mean(it.discriminate(dp, inputs["reals"], it.device_key(key)))
+        penalty = jnp.mean(it.discriminate(dp, inputs["reals"], it.device_key(key), live))
         return 0.0 * penalty, penalty
 
     (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])

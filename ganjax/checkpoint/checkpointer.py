@@ -10,6 +10,7 @@ Orbax writes each step into a temporary directory and renames it when every item
 mid-save never leaves a step that `latest_step()` picks up.
 """
 
+import dataclasses
 import logging
 import os
 import signal
@@ -49,6 +50,21 @@ def ensure_writable(directory: str):
         os.remove(probe)
     except OSError as e:
         raise CheckpointError(f"checkpoint directory {directory} is not writable: {e}") from e
+
+
+def _without_absent_empty_fields(target, saved):
+    """(target to restore, function from the restored tree to the full one). A dataclass state's fields
+    that hold no arrays in this run and that the checkpoint lacks (a field added after it was written, such
+    as TrainState.augment with augmentation not adaptive) are restored without, then put back as they are
+    in the target: older checkpoints keep resuming. check_compatible has already matched every array."""
+    if not dataclasses.is_dataclass(target) or not hasattr(saved, "keys"):
+        return target, lambda restored: restored
+    fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+    absent = {k: v for k, v in fields.items() if k not in saved.keys() and not jax.tree.leaves(v)}
+    if not absent:
+        return target, lambda restored: restored
+    present = {k: v for k, v in fields.items() if k not in absent}
+    return present, lambda restored: type(target)(**restored, **absent)
 
 
 def _fid(metrics) -> float:
@@ -216,6 +232,7 @@ class Checkpointer:
         target = self._with_default_sharding(abstract_state)
         saved = self._manager.item_metadata(step)["state"]
         check_compatible(saved, target, f"checkpoint {self.directory}/{step}")
+        target, put_back = _without_absent_empty_fields(target, saved)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -231,7 +248,7 @@ class Checkpointer:
             loader.set_state(restored["loader"])
         self._last_step = step
         extras = {"metrics_history": list(restored["metrics_history"]["history"]), "config": restored["config"]}
-        return restored["state"], extras
+        return put_back(restored["state"]), extras
 
     def close(self):
         """Wait for pending async saves (raising if one failed) and release the SIGTERM handler."""

@@ -98,13 +98,15 @@ class Loader:
         if not builder.is_prepared():
             raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}; "
                              "run `ganjax data prepare` (or call ganjax.data.prepare(config)) first")
-        source = builder.as_data_source(split=split)
+        source = grain.MapDataset.source(builder.as_data_source(split=split))
+        if config.data.max_images:  # the first N examples of the split (small-data runs, e.g. for ADA)
+            source = source[: int(config.data.max_images)]
         self.num_examples = len(source)
         self.dataset = f"{builder.name}/{builder.builder_config.name}:{split}"
         self._seed = int(config.data.shuffle_seed)
         self._worker_count = int(config.data.worker_count)
 
-        ds = grain.MapDataset.source(source).map(_image).shuffle(seed=self._seed).repeat(None)
+        ds = source.map(_image).shuffle(seed=self._seed).repeat(None)
         if config.data.mirror:
             ds = ds.random_map(_mirror, seed=self._seed + 1)
         # Chunks of `local_batch` consecutive stream elements; chunk c is row block c % num_shards of

@@ -17,7 +17,7 @@ A phase function computes, for one micro-batch, `(grads of its network, metrics,
     fn(it, key, inputs, live) -> (grads, metrics, updates)
 `it` is the ganjax.train.step.Iteration (G, D and their helpers for the strategy), `inputs` the
 micro-batch {'z': ..., 'reals': ...}, `live` the current {'g_params', 'g_buffers', 'd_params',
-'pl_mean'} (after earlier phases' updates) and 'hparams' (hyper-parameters at this iteration: read a
+'pl_mean', 'augment'} (after earlier phases' updates) and 'hparams' (hyper-parameters at this iteration: read a
 config value that can ramp with `it.value(name, live)`), `updates` a dict of new values for keys of `live` other than
 the params (G's w_avg buffers, the path-length mean). Metrics and updates must be linear in the batch mean,
 so averaging them over micro-batches and devices gives the full-batch values.
@@ -86,11 +86,11 @@ def g_main(it, key, inputs, live):
     real_logits = None
     if it.cfg.loss in losses.PAIRED:  # D's logits of the reals do not depend on G: no gradient through them
         real_logits = jax.lax.stop_gradient(it.discriminate(live["d_params"], inputs["reals"],
-                                                            jax.random.fold_in(k_d, 1)))
+                                                            jax.random.fold_in(k_d, 1), live))
 
     def loss_fn(gp):
         img, buffers = it.generate(gp, live["g_buffers"], inputs["z"], k_g, update_w_avg=True)
-        logits = it.discriminate(live["d_params"], img, k_d)
+        logits = it.discriminate(live["d_params"], img, k_d, live)
         return jnp.mean(losses.g_adv_loss(it.cfg.loss, logits, real_logits)), (buffers, logits)
 
     (loss, (buffers, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["g_params"])
@@ -129,14 +129,15 @@ def d_main(it, key, inputs, live):
     fakes = jax.lax.stop_gradient(fakes)
 
     def loss_fn(dp):
-        fake_logits = it.discriminate(dp, fakes, k_fake)
-        real_logits = it.discriminate(dp, inputs["reals"], k_real)
+        fake_logits = it.discriminate(dp, fakes, k_fake, live)
+        real_logits = it.discriminate(dp, inputs["reals"], k_real, live)
         terms = losses.d_adv_loss(it.cfg.loss, real_logits, fake_logits)
         return functools.reduce(operator.add, map(jnp.mean, terms)), (real_logits, fake_logits)
 
     (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])
-    return grads, {"D/loss": loss, "D/scores_real": jnp.mean(real_logits),
-                   "D/scores_fake": jnp.mean(fake_logits)}, {}
+    # D/signs_real, the mean sign of D on the (augmented) reals, is what adaptive augmentation steers by.
+    return grads, {"D/loss": loss, "D/scores_real": jnp.mean(real_logits), "D/scores_fake": jnp.mean(fake_logits),
+                   "D/signs_real": jnp.mean(jnp.sign(real_logits))}, {}
 
 
 def d_r1(it, key, inputs, live):
@@ -144,7 +145,7 @@ def d_r1(it, key, inputs, live):
     k = it.device_key(key)
 
     def loss_fn(dp):
-        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k), inputs["reals"])
+        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k, live), inputs["reals"])
         return jnp.mean(penalty) * (it.value("r1_gamma", live) / 2) * it.cfg.interval("d_r1"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])
@@ -159,7 +160,7 @@ def d_r2(it, key, inputs, live):
     fakes = jax.lax.stop_gradient(fakes)
 
     def loss_fn(dp):
-        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k_d), fakes)
+        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k_d, live), fakes)
         return jnp.mean(penalty) * (it.value("r2_gamma", live) / 2) * it.cfg.interval("d_r2"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])

@@ -23,6 +23,9 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data (checkpointable like any other array)
     pl_mean: jax.Array  # running mean of path lengths (path-length regulariser)
     skips: jax.Array  # int32 non-finite iterations skipped in a row
+    # Adaptive augmentation's {'p', 'signs'} (ganjax/augment/adaptive.py); empty when it is not adaptive, so
+    # those states (and their checkpoints) have no leaves for it.
+    augment: dict = flax.struct.field(default_factory=dict)
 
     def kimg(self, batch_size: int):
         return self.step * batch_size / 1000.0
@@ -52,8 +55,9 @@ def make_optimizers(train) -> tuple[optax.GradientTransformation, optax.Gradient
     return tuple(opts)
 
 
-def init_state_boxed(G, D, g_opt, d_opt, model_cfg, key) -> TrainState:
-    """A fresh state whose params (and Adam moments) keep the models' logical-axis boxes.
+def init_state_boxed(G, D, g_opt, d_opt, model_cfg, key, augment=None) -> TrainState:
+    """A fresh state whose params (and Adam moments) keep the models' logical-axis boxes; `augment` its
+    TrainState.augment (AugmentConfig.init_state()).
 
     Run it under jax.eval_shape to read the logical axes, and under jit (then unbox) to materialise the
     state directly in its target shardings.
@@ -76,6 +80,7 @@ def init_state_boxed(G, D, g_opt, d_opt, model_cfg, key) -> TrainState:
         rng=jax.random.key_data(k_state),
         pl_mean=jnp.zeros((), jnp.float32),
         skips=jnp.zeros((), jnp.int32),
+        augment={} if augment is None else augment,
     )
 
 
@@ -83,17 +88,19 @@ def unbox(tree):
     return nn.meta.unbox(tree)
 
 
-def abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules):
+def abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, augment=None):
     """(boxed abstract state, NamedSharding pytree of the unboxed state) without allocating anything."""
     from ganjax.parallel.rules import tree_shardings
 
-    boxed = jax.eval_shape(lambda k: init_state_boxed(G, D, g_opt, d_opt, model_cfg, k), jax.random.key(0))
+    boxed = jax.eval_shape(lambda k: init_state_boxed(G, D, g_opt, d_opt, model_cfg, k, augment),
+                           jax.random.key(0))
     return boxed, tree_shardings(boxed, mesh, rules)
 
 
-def create_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, seed: int):
+def create_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, seed: int, augment=None):
     """A fresh state, initialised by a jitted function whose outputs are born in their target shardings
     (a large model never exists unsharded on one device). Returns (state, state_shardings)."""
-    _, shardings = abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules)
-    init = jax.jit(lambda k: unbox(init_state_boxed(G, D, g_opt, d_opt, model_cfg, k)), out_shardings=shardings)
+    _, shardings = abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, augment)
+    init = jax.jit(lambda k: unbox(init_state_boxed(G, D, g_opt, d_opt, model_cfg, k, augment)),
+                   out_shardings=shardings)
     return init(jax.random.key(seed)), shardings

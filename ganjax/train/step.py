@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ganjax.augment.adaptive import AugmentConfig
 from ganjax.models.synthesis import NOISE_MODES
 from ganjax.parallel.distributed import barrier
 from ganjax.parallel.mesh import batch_axes
@@ -54,6 +55,7 @@ class StepConfig:
     ema_rampup: float
     phases: tuple[Phase, ...]
     ramps: Ramps
+    augment: AugmentConfig
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
@@ -68,7 +70,7 @@ class StepConfig:
             pl_weight=float(t.pl_weight),
             pl_decay=float(t.pl_decay), pl_batch_shrink=int(t.pl_batch_shrink), grad_accum=int(t.grad_accum),
             ema_kimg=float(t.ema_kimg), ema_rampup=float(t.ema_rampup), phases=recipe(t),
-            ramps=Ramps.from_config(t))
+            ramps=Ramps.from_config(t), augment=AugmentConfig.from_config(config.augment))
 
     @property
     def running(self) -> tuple[Phase, ...]:
@@ -123,7 +125,8 @@ def _all_finite(tree):
 
 PARAMS = {"G": "g_params", "D": "d_params"}  # the state field each network's phases update
 OPT_STATES = {"G": "g_opt_state", "D": "d_opt_state"}  # and its optimizer state
-LIVE = ("g_params", "g_buffers", "d_params", "pl_mean")  # what phases read and update (recipe.py)
+LIVE = ("g_params", "g_buffers", "d_params", "pl_mean", "augment")  # what phases read and update (recipe.py)
+AUGMENT_STREAM = 0x61756700  # folded into a D evaluation's key for its augmentations (its dropout keeps the key)
 
 
 def live_values(state: TrainState, cfg: StepConfig) -> dict:
@@ -173,7 +176,10 @@ class Iteration:
             return img, updates["buffers"]
         return self.G.apply(variables, z, **kwargs), None
 
-    def discriminate(self, d_params, img, key):
+    def discriminate(self, d_params, img, key, live):
+        """D's logits of img, augmented first when augmentation is on (every D evaluation: ganjax/augment/)."""
+        if self.cfg.augment.on:
+            img = self.cfg.augment(img, jax.random.fold_in(key, AUGMENT_STREAM), live["augment"])
         return self.D.apply({"params": self.compute_params(d_params, "D")}, img, train=True, rngs={"dropout": key})
 
     # -- one phase, one update --
@@ -229,6 +235,8 @@ class Iteration:
         keys = phase_keys(key)
         live, opt_states = live_values(state, self.cfg), opt_states_of(state)
         metrics = {f"ramp/{name}": v for name, v in live["hparams"].items()}
+        if self.cfg.augment.on:
+            metrics["augment/p"] = self.cfg.augment.probability(live["augment"])
         for net in PARAMS:  # the lr each Adam runs at where it ramps, as the loop logs the constant ones
             for name, arg in self.cfg.ramps.optimizer_ramps(net).items():
                 if arg == "learning_rate":
@@ -245,10 +253,11 @@ class Iteration:
         beta = losses.ema_beta(state.step, self.cfg.batch_size, self.cfg.ema_kimg, self.cfg.ema_rampup)
         g_ema_params = jax.tree.map(lambda p, e: p + (e - p) * beta, live["g_params"], state.g_ema_params)
 
+        augment = self.cfg.augment.adjust(live["augment"], metrics["D/signs_real"], state.step, self.cfg.batch_size)
         ok = _all_finite([metrics[k] for k in metrics if "loss" in k]) & jnp.all(jnp.stack(finite))
         new = state.replace(g_params=live["g_params"], g_buffers=live["g_buffers"], g_ema_params=g_ema_params,
                             g_ema_buffers=live["g_buffers"], d_params=live["d_params"], g_opt_state=opt_states["G"],
-                            d_opt_state=opt_states["D"], pl_mean=live["pl_mean"])
+                            d_opt_state=opt_states["D"], pl_mean=live["pl_mean"], augment=augment)
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
         new = new.replace(skips=jnp.where(ok, 0, state.skips + 1))
         metrics.update({"skipped": (~ok).astype(jnp.float32), "consecutive_skips": new.skips,
