@@ -236,12 +236,14 @@ def test_bad_augment_config_names_the_field(field, value, message):
         assert "(unknown: ['blur'])" in str(e.value)
 
 
-def test_ada_runs_in_the_compiled_step_and_adapts_p():
-    """Tiny GAN, ADA on with R1 every step (so R1 sees augmented reals too): p follows the rule from the
-    signs the step reports, and the state and gradients stay finite."""
-    c = tiny_config("dp", r1_interval=1)
+@pytest.mark.parametrize("strategy, devices, accum", [("dp", 1, 1), ("shard_map", 2, 2)])
+def test_ada_runs_in_the_compiled_step_and_adapts_p(strategy, devices, accum):
+    """Tiny GAN, ADA on with R1 every step (so R1 sees augmented reals too), in the global program and in the
+    per-device one with micro-batches: p follows the rule from the signs the step reports (averaged over
+    devices and micro-batches), and the gradients stay finite."""
+    c = tiny_config(strategy, r1_interval=1, grad_accum=accum)
     c.augment.mode, c.augment.p, c.augment.interval, c.augment.speed_kimg = "ada", 0.5, 2, 0.1
-    _, state, metrics, _ = run_steps(c, jax.devices()[:1], 4, aot=True)
+    _, state, metrics, _ = run_steps(c, jax.devices()[:devices], 4, aot=True)
     p, signs = 0.5, 0.0
     for step, m in enumerate(metrics):
         assert float(m["augment/p"]) == pytest.approx(p, abs=1e-6)

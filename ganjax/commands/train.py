@@ -19,8 +19,9 @@ def main(argv):
     if FLAGS.config is None:
         raise SystemExit("ganjax train needs --config configs/<file>.py[:preset]")
     from ganjax.train.loop import TrainingStopped, train
+    from ganjax.train.workdir_lock import WorkdirLocked
 
     try:
         train(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
-    except TrainingStopped as e:
+    except (TrainingStopped, WorkdirLocked) as e:
         raise SystemExit(f"ganjax train: {e}") from None

@@ -26,6 +26,7 @@ from ganjax.train import intervals, setup
 from ganjax.train.cost import CostMeter
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
+from ganjax.train.workdir_lock import WorkdirLock
 
 
 class TrainingStopped(RuntimeError):
@@ -235,6 +236,16 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     validate(config, num_devices=jax.device_count())
     compilation_cache.enable(config.compilation_cache)
     is_main = jax.process_index() == 0
+    # One trainer per workdir (taken before `fresh` deletes anything): a second one is refused here.
+    lock = WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        return _train(config, workdir, fresh, hooks, is_main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir: str, fresh: bool, hooks, is_main: bool) -> dict:
     workdir = _prepare_workdir(config, workdir, fresh, is_main)
 
     t = config.train
