@@ -364,3 +364,57 @@ def test_a_checkpoint_from_before_an_empty_field_was_added_restores(tmp_path):
     assert isinstance(restored, _NewState) and restored.augment == {}
     np.testing.assert_array_equal(np.asarray(restored.w), np.arange(8, dtype=np.float32))
     assert int(restored.step) == 5
+
+
+def _truncate_array_files(step_dir):
+    """Halves every data file of the state item (as a failing disk or a partial copy leaves them)."""
+    for root, _, names in os.walk(os.path.join(step_dir, "state")):
+        if os.path.basename(root) == "d":
+            for name in names:
+                path = os.path.join(root, name)
+                with open(path, "r+b") as fh:
+                    fh.truncate(os.path.getsize(path) // 2)
+
+
+def _two_steps(tmp_path, second_state=None):
+    mesh, state = dp8_state()
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    ck.maybe_save(2, state, FakeLoader(2), force=True)
+    ck.maybe_save(4, state if second_state is None else second_state, FakeLoader(4), force=True)
+    ck.close()
+    return mesh, state
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    mesh, state = _two_steps(tmp_path)
+    _truncate_array_files(tmp_path / "checkpoints" / "4")
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    loader = FakeLoader()
+    restored, _ = ck.restore(abstract_like(state, lambda x: NamedSharding(mesh, P())), loader)
+    assert ck.restored_step == 2 and loader.position == 2
+    assert_tree_equal(restored, state)
+    out = capsys.readouterr().out
+    assert "checkpoint step 4 is damaged (" in out and "falling back to step 2" in out
+    assert "not valid for value of size" in out  # TensorStore's reason, on one line
+    assert ck.all_steps() == [2]
+    assert (tmp_path / "checkpoints_aside" / "4-damaged" / "state").is_dir()  # kept, not deleted
+    assert ck.maybe_save(4, state, FakeLoader(4), force=True)  # the resumed run saves its own step 4
+    ck.close()
+
+
+def test_an_explicit_damaged_step_is_an_error_naming_it(tmp_path):
+    mesh, state = _two_steps(tmp_path)
+    _truncate_array_files(tmp_path / "checkpoints" / "4")
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    with pytest.raises(CheckpointError, match=r"checkpoints/4 is damaged: .*--resume_step \(complete steps: \[2, 4\]\)"):
+        ck.restore(abstract_like(state, lambda x: NamedSharding(mesh, P())), step=4)
+    ck.close()
+
+
+def test_resuming_an_older_step_sets_the_newer_ones_aside(tmp_path):
+    mesh, state = _two_steps(tmp_path)
+    ck = Checkpointer(str(tmp_path), make_config(), mesh)
+    ck.restore(abstract_like(state, lambda x: NamedSharding(mesh, P())), step=2)
+    assert ck.all_steps() == [2] and (tmp_path / "checkpoints_aside" / "4-superseded").is_dir()
+    assert ck.maybe_save(4, state, FakeLoader(4), force=True)
+    ck.close()

@@ -13,6 +13,7 @@ mid-save never leaves a step that `latest_step()` picks up.
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -65,6 +66,15 @@ def _without_absent_empty_fields(target, saved):
         return target, lambda restored: restored
     present = {k: v for k, v in fields.items() if k not in absent}
     return present, lambda restored: type(target)(**restored, **absent)
+
+
+def _damage(e: Exception) -> str:
+    """The first line of a read error, with the array it names when TensorStore says which."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    m = re.search(r'Error (?:reading|opening) "?([\w.\-/]+?)(?:/\.zarray|/\d[\d.]*)?"? in OCDBT', text)
+    text = text.split(" [tensorstore_spec")[0]  # the spec that follows is kilobytes of JSON
+    short = text if len(text) <= 400 else f"{text[:100]} ... {text[-280:]}"  # the cause is at the end
+    return f"array {m.group(1)!r}: {short}" if m else short
 
 
 def _fid(metrics) -> float:
@@ -150,6 +160,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
         latest = self._manager.latest_step()
         self._last_step = 0 if latest is None else latest
+        self.restored_step: int | None = None  # the step the last restore() read
         self._preemption = _PreemptionWatcher()
 
     # -- queries -----------------------------------------------------------------------------------------
@@ -223,12 +234,42 @@ class Checkpointer:
         return jax.tree.map(fill, abstract_state)
 
     def restore(self, abstract_state, loader=None, step=None):
+        """(state, extras) of checkpoint `step`, or of the latest one that reads back when `step` is None.
+
+        A damaged latest checkpoint (a truncated or unreadable file) is moved aside to
+        WORKDIR/checkpoints_aside/<step>-damaged (kept, never deleted), named with the error, and the next older one
+        is tried, in a single-process run; with several processes, or for an explicit `step`, the damage is an
+        error naming the step (pick another one with `ganjax train --resume_step`). A checkpoint that reads
+        but does not fit the model is always an error (check_compatible)."""
+        explicit = step is not None
         step = self._manager.latest_step() if step is None else int(step)
         if step is None:
             raise CheckpointError(f"no complete checkpoint under {self.directory}")
-        if step not in self._manager.all_steps():
-            raise CheckpointError(f"checkpoint step {step} not found under {self.directory} "
-                                  f"(complete steps: {self.all_steps()})")
+        while True:
+            if step not in self._manager.all_steps():
+                raise CheckpointError(f"checkpoint step {step} not found under {self.directory} "
+                                      f"(complete steps: {self.all_steps()})")
+            try:
+                restored = self._restore_step(step, abstract_state, loader)
+                if explicit:
+                    self._supersede_newer(step)
+                return restored
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - what TensorStore/Orbax raise for unreadable files varies
+                damage = _damage(e)
+                older = [s for s in self.all_steps() if s < step]
+                if explicit or jax.process_count() > 1 or not older:
+                    why = ("no older checkpoint to fall back to" if not older and not explicit else
+                           f"choose another step with --resume_step (complete steps: {self.all_steps()})")
+                    raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: {damage}; {why}") from e
+                aside = self._set_aside(step, "damaged")
+                logging.warning("checkpoint step %d is damaged (%s); moved to %s", step, damage, aside)
+                print(f"checkpoint step {step} is damaged ({damage}); moved it to {aside} and falling back to "
+                      f"step {older[-1]}", flush=True)
+                step = older[-1]
+
+    def _restore_step(self, step: int, abstract_state, loader):
         target = self._with_default_sharding(abstract_state)
         saved = self._manager.item_metadata(step)["state"]
         check_compatible(saved, target, f"checkpoint {self.directory}/{step}")
@@ -247,8 +288,33 @@ class Checkpointer:
         if loader is not None and restored["loader"]:
             loader.set_state(restored["loader"])
         self._last_step = step
+        self.restored_step = step
         extras = {"metrics_history": list(restored["metrics_history"]["history"]), "config": restored["config"]}
         return put_back(restored["state"]), extras
+
+    def _set_aside(self, step: int, why: str) -> str:
+        """Moves a step out of the manager's directory to WORKDIR/checkpoints_aside/<step>-<why> (kept for
+        inspection, never deleted); returns where."""
+        aside_root = os.path.join(os.path.dirname(self.directory), "checkpoints_aside")
+        os.makedirs(aside_root, exist_ok=True)
+        aside = os.path.join(aside_root, f"{step}-{why}")
+        if os.path.exists(aside):
+            aside = f"{aside}.{int(time.time())}"
+        os.rename(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+        return aside
+
+    def _supersede_newer(self, step: int):
+        """After resuming from an explicit older step, its newer checkpoints belong to the abandoned run:
+        moved aside, so that the resumed run's own saves of those steps happen and the next resume finds them."""
+        newer = [s for s in self.all_steps() if s > step]
+        if newer and jax.process_index() == 0:
+            for s in newer:
+                aside = self._set_aside(s, "superseded")
+                print(f"resuming from step {step}: moved the newer checkpoint {s} to {aside}", flush=True)
+        if newer and jax.process_count() > 1:
+            multihost_utils.sync_global_devices("ganjax.checkpoint.supersede")
+            self._manager.reload()
 
     def close(self):
         """Wait for pending async saves (raising if one failed) and release the SIGTERM handler."""

@@ -10,6 +10,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "config file with an optional :preset", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (config.json, metrics, samples, checkpoints)", required=True)
 flags.DEFINE_bool("fresh", False, "start from scratch: delete DIR's checkpoints, metrics and samples first")
+flags.DEFINE_integer("resume_step", None, "resume from this checkpoint step instead of the latest readable one "
+                     "(newer ones, and a damaged latest one, are moved to DIR/checkpoints_aside)")
 FLAGS = flags.FLAGS
 
 
@@ -19,9 +21,12 @@ def main(argv):
     if FLAGS.config is None:
         raise SystemExit("ganjax train needs --config configs/<file>.py[:preset]")
     from ganjax.train.loop import TrainingStopped, train
+    from ganjax.checkpoint import CheckpointError
     from ganjax.train.workdir_lock import WorkdirLocked
 
     try:
-        train(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
-    except (TrainingStopped, WorkdirLocked) as e:
+        if FLAGS.fresh and FLAGS.resume_step is not None:
+            raise SystemExit("ganjax train: --fresh and --resume_step contradict each other")
+        train(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh, resume_step=FLAGS.resume_step)
+    except (TrainingStopped, WorkdirLocked, CheckpointError) as e:
         raise SystemExit(f"ganjax train: {e}") from None

@@ -195,12 +195,13 @@ def _prepare_workdir(config, workdir: str, fresh: bool, is_main: bool) -> str:
     return workdir
 
 
-def _restore(ckpt: Checkpointer, tr: setup.Training, loader):
-    """(state, metric history): the latest complete checkpoint's, loader repositioned, or a fresh state."""
-    if ckpt.latest_step() is None:
+def _restore(ckpt: Checkpointer, tr: setup.Training, loader, resume_step: int | None = None):
+    """(state, metric history): checkpoint `resume_step`'s, else the latest readable one's (a damaged one is
+    moved aside: Checkpointer.restore), loader repositioned; or a fresh state when there is none."""
+    if ckpt.latest_step() is None and resume_step is None:
         return tr.init_state(), []
-    state, extras = ckpt.restore(tr.abstract_state(), loader)
-    print(f"resumed from {ckpt.directory} step {ckpt.latest_step()}", flush=True)
+    state, extras = ckpt.restore(tr.abstract_state(), loader, step=resume_step)
+    print(f"resumed from {ckpt.directory} step {ckpt.restored_step}", flush=True)
     return state, list(extras["metrics_history"])
 
 
@@ -224,12 +225,13 @@ def _run_hooks(hooks, done: int, state, metrics) -> dict:
     return extra
 
 
-def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
+def train(config, workdir: str, *, fresh: bool = False, hooks=(), resume_step: int | None = None) -> dict:
     """Train to config.train.total_kimg; returns the last logged metrics.
 
     Resumes from workdir/checkpoints unless `fresh` (which deletes the workdir's previous checkpoints,
     metrics, TensorBoard events and samples). `hooks`: callables hook(step, state, metrics) run after every
     step (metrics are device arrays); a hook may return a dict of extra metrics to log (e.g. FID).
+    `resume_step`: resume from that checkpoint instead of the latest readable one.
     Raises TrainingStopped after config.train.max_consecutive_skips non-finite iterations in a row.
     """
     parallel.maybe_initialize_distributed(config)
@@ -239,13 +241,13 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=()) -> dict:
     # One trainer per workdir (taken before `fresh` deletes anything): a second one is refused here.
     lock = WorkdirLock(workdir).acquire() if is_main else None
     try:
-        return _train(config, workdir, fresh, hooks, is_main)
+        return _train(config, workdir, fresh, hooks, is_main, resume_step)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir: str, fresh: bool, hooks, is_main: bool) -> dict:
+def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step) -> dict:
     workdir = _prepare_workdir(config, workdir, fresh, is_main)
 
     t = config.train
@@ -258,7 +260,7 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool) -> dict:
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
-    state, history = _restore(ckpt, tr, loader)
+    state, history = _restore(ckpt, tr, loader, resume_step)
     start = int(jax.device_get(state.step))
     total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / int(t.batch_size)))
     # Cumulative FLOPs, device-seconds and cost, continued across restarts from the last logged record.
