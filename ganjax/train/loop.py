@@ -267,7 +267,7 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     meter = CostMeter(tr.model_cfg, t, num_devices=mesh.size,
                       device_seconds=next((h["compute/device_seconds"] for h in reversed(history)
                                            if "compute/device_seconds" in h), 0.0))
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, start_step=start)
     samples = _SampleGrids(tr, workdir, writer, is_main) if t.sample_every_kimg > 0 else None
     window = _LogWindow(config, meter, writer, history, total_steps, is_main)
     tr.train_step.on_compiled = window.on_compiled

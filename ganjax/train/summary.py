@@ -12,17 +12,54 @@ import time
 import numpy as np
 
 
+def trim_jsonl(path: str, last_step: int) -> int:
+    """Drops the records of steps after `last_step` (and a torn last line) from a metrics.jsonl; returns how
+    many lines were dropped. A run resumed from an earlier checkpoint then writes those steps once."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if int(record.get("step", 0)) <= last_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(k + "\n" for k in kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class MetricWriter:
-    def __init__(self, workdir: str, enabled: bool = True):
+    """`start_step`: the step the run starts from (a resume's restored step): metrics.jsonl loses the records
+    of later steps, and TensorBoard is told to drop its events of later steps (a SessionLog START, which
+    TensorBoard purges from)."""
+
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int | None = None):
         self.enabled = enabled
         self._jsonl = self._events = None
         if not enabled:
             return
+        from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        path = os.path.join(workdir, "metrics.jsonl")
+        if start_step is not None:
+            dropped = trim_jsonl(path, start_step)
+            if dropped:
+                print(f"metrics.jsonl: dropped {dropped} records after step {start_step}, the step this run "
+                      f"resumes from", flush=True)
+        self._jsonl = open(path, "a", buffering=1)
         self._events = EventFileWriter(os.path.join(workdir, "tb"))
+        if start_step is not None and start_step > 0:
+            self._events.add_event(event_pb2.Event(step=int(start_step) + 1, wall_time=time.time(),
+                                                   session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def _add(self, step: int, values: list):
         from tensorboard.compat.proto import event_pb2, summary_pb2
