@@ -223,14 +223,21 @@ def recolor(images, matrices):
     return out.astype(images.dtype)
 
 
+def _stage(images, on, transform):
+    """transform(images) where `on` [B], the images elsewhere; skipped (a lax.cond) when no sample drew it,
+    so adaptive runs at p = 0 do not pay for the resampling."""
+    return jax.lax.cond(jnp.any(on), lambda x: jnp.where(on[:, None, None, None], transform(x), x),
+                        lambda x: x, images)
+
+
 def apply(images, draw: Draw, ops: tuple[str, ...]):
     """images [B, H, W, C] through the drawn augmentations; samples without a draw in a stage keep their
     pixels exactly."""
     out = images
     if any(op in GEOMETRIC for op in ops):
-        out = jnp.where(draw.geometric_on[:, None, None, None], warp(out, draw.geometric), out)
+        out = _stage(out, draw.geometric_on, lambda x: warp(x, draw.geometric))
     if any(op in COLOR for op in ops):
-        out = jnp.where(draw.color_on[:, None, None, None], recolor(out, draw.color), out)
+        out = _stage(out, draw.color_on, lambda x: recolor(x, draw.color))
     return out
 
 
