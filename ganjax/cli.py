@@ -4,6 +4,7 @@ Each subcommand lives in `ganjax/commands/<name>.py` and defines its own absl fl
 `main(argv)`. Only the chosen module is imported, so each command's `--help` lists its own flags.
 """
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -33,6 +34,29 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def override_problems(args) -> list[str]:
+    """`--config.<path>=value` overrides whose path is not a field of the config schema (ganjax.config), each
+    with the nearest field; found before absl parses them (which fails with a bare AttributeError)."""
+    from ganjax.config import base_config
+
+    problems = []
+    for arg in args:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        node, walked = base_config(), []
+        for key in path.split("."):
+            if not hasattr(node, "keys") or key not in node:
+                options = list(node.keys()) if hasattr(node, "keys") else []
+                near = difflib.get_close_matches(key, options, n=1)
+                where = ".".join(["config", *walked])
+                problems.append(f"--config.{path}: {where} has no field {key!r}"
+                                + (f" (did you mean {near[0]!r}?)" if near else ""))
+                break
+            node, walked = node[key], walked + [key]
+    return problems
+
+
 def main(argv=None):
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -57,8 +81,17 @@ def main(argv=None):
     for flag in flags.FLAGS.flags_by_module_dict().get(module.__name__, []):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     sys.modules["__main__"].__doc__ = module.__doc__
+    problems = override_problems(argv[2:])
+    if problems:
+        print("\n".join(f"ganjax {name}: {p}" for p in problems), file=sys.stderr)
+        sys.exit(2)
+    from ganjax.config import ConfigError
+
     try:
         app.run(module.main, argv=sys.argv)
+    except ConfigError as e:  # a wrong value: the message names every field, a traceback adds nothing
+        print(f"ganjax {name}: invalid config:\n{e}", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as e:
         # absl exits 1 after printing --help; asking for help is not a failure.
         if e.code == 1 and set(argv[2:]) & {"-h", "-?", "--help", "--helpshort", "--helpfull"}:

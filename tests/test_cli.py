@@ -55,3 +55,13 @@ def test_bad_override_stops_train_before_compiling(tmp_path):
     assert out.returncode != 0
     assert "config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')" in out.stderr
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+    assert "Traceback" not in out.stderr and out.returncode == 2  # the message, not a stack
+
+
+def test_unknown_override_field_is_one_line_naming_the_nearest(tmp_path):
+    out = ganjax("train", "--config=configs/gansformer.py:shapes32", f"--workdir={tmp_path}/w",
+                 "--config.augmnt.mode=ada", "--config.train.r1_gama=1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--config.augmnt.mode: config has no field 'augmnt' (did you mean 'augment'?)" in out.stderr
+    assert "--config.train.r1_gama: config.train has no field 'r1_gama' (did you mean 'r1_gamma'?)" in out.stderr
+    assert not os.path.exists(tmp_path / "w")

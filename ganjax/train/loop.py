@@ -176,8 +176,8 @@ def _save_reals(reals, count: int, workdir: str, is_main: bool):
 
 
 def _prepare_workdir(config, workdir: str, fresh: bool, is_main: bool) -> str:
-    """The absolute workdir with config.json written (after deleting a previous run's outputs if `fresh`);
-    every process returns once process 0 has done it."""
+    """The absolute workdir (after deleting a previous run's outputs if `fresh`); every process returns once
+    process 0 has done it. config.json is written once the checkpoint restored (_write_config)."""
     workdir = os.path.abspath(workdir)
     if is_main:
         os.makedirs(workdir, exist_ok=True)
@@ -188,11 +188,17 @@ def _prepare_workdir(config, workdir: str, fresh: bool, is_main: bool) -> str:
                     shutil.rmtree(path)
                 elif os.path.exists(path):
                     os.remove(path)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(_config_json(config))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("ganjax.train.workdir")
     return workdir
+
+
+def _write_config(config, workdir: str, is_main: bool):
+    """config.json of the run, written after the restore: a resume that the checkpoint refuses (another
+    model) leaves the config of the run that wrote it."""
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(_config_json(config))
 
 
 def _restore(ckpt: Checkpointer, tr: setup.Training, loader, resume_step: int | None = None):
@@ -261,6 +267,7 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
     state, history = _restore(ckpt, tr, loader, resume_step)
+    _write_config(config, workdir, is_main)
     start = int(jax.device_get(state.step))
     total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / int(t.batch_size)))
     # Cumulative FLOPs, device-seconds and cost, continued across restarts from the last logged record.
