@@ -128,7 +128,8 @@ class _PreemptionWatcher:
 
 
 class Checkpointer:
-    """The training loop's view of checkpointing (see notes/contracts.md)."""
+    """The training loop's view of checkpointing: periodic and forced saves of (state, loader position, config,
+    metric history), the preemption flag, and restores onto any mesh (see the module docstring)."""
 
     def __init__(self, workdir: str, config, mesh):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")

@@ -2,7 +2,7 @@
 
 `build_models(ModelConfig) -> (G, D)`. Variables: G has 'params' and 'buffers' (mapping_network/w_avg and one
 noise_const per noisy synthesis layer); D has 'params'. rng streams: 'noise' (random noise and const-noise
-init), 'dropout' (attention dropout, train=True), 'mixing' (style mixing). See notes/contracts.md.
+init), 'dropout' (attention dropout, train=True), 'mixing' (style mixing).
 
 Conventions implemented (and where the references differ)
 - Layout: NHWC activations; dense kernels [in, out], conv kernels HWIO [kh, kw, in, out] (PyTorch stores

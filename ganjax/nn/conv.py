@@ -5,20 +5,16 @@
             matmul.
 'auto' picks per op: 'xla' on GPU/TPU; on CPU 'xla' for stride-1 convolutions with one kernel for the batch
 (run by Eigen: `import ganjax` moves XLA:CPU's convolutions off YNNPACK, see ganjax/__init__.py) and
-'matmul' for strided convs, per-sample kernels and transposed convs. XLA's lhs-dilated convolution ran an
-up x2 3x3 conv fwd+bwd in 360 ms vs 41 ms polyphase (cpu_small G main phase 0.54 vs 0.34 s), and the
-second backward of a stride-2 conv (R1 through D's downsampling convs) is a dilated convolution on a slow
-generic path: the cpu_small D R1 phase took 0.42-0.44 s with 'xla' strided convs and 0.20-0.23 s with
-'matmul' ones (jax 0.10.2, 2 cores).
+'matmul' for strided convs, per-sample kernels and transposed convs: XLA's lhs-dilated convolution is
+several times slower than the polyphase form, and the second backward of a stride-2 conv (R1 through D's
+downsampling convs) is a dilated convolution on a slow generic path (numbers: docs/measurements.md).
 
 bfloat16 inputs (mixed precision) are multiplied as bfloat16 with float32 accumulation and rounded back to
 bfloat16 once per convolution, forward and backward (ganjax.nn.precision). On CPU every bfloat16 convolution
-uses the 'matmul' form, because that is where the hardware's bf16 dot-product instructions are
-(AVX512-BF16 here: a bf16 x bf16 -> f32 matmul ran at 365-375 GFLOP/s against 200-210 for f32, while XLA's
-bf16 convolution and a dot with bf16 output were slower than f32), and a stride-1 convolution's input
-gradient is computed as the correlation of the padded output gradient with the flipped kernel (patches x
-kernel again) instead of the transposed patches matmul [M, Cout] x [Cout, kh*kw*Cin], which ran at ~100
-GFLOP/s.
+uses the 'matmul' form, because that is where the hardware's bf16 dot-product instructions are (XLA's bf16
+convolution is slower than f32 there), and a stride-1 convolution's input gradient is computed as the
+correlation of the padded output gradient with the flipped kernel (patches x kernel again) instead of the
+slower transposed patches matmul [M, Cout] x [Cout, kh*kw*Cin] (numbers: docs/measurements.md).
 
 Both take either one kernel shared by the batch, [kh, kw, Cin, Cout], or one kernel per sample,
 [B, kh, kw, Cin, Cout] (the 'grouped' modulated conv). Convolutions are correlations, as torch's conv2d.

@@ -6,11 +6,10 @@ summed in float32 and rounded to bfloat16 once, and its custom VJP makes the gra
 gradients) take the same path. Plain autodiff would not: the transpose of a dot with a float32
 `preferred_element_type` is a dot of a float32 cotangent with a bfloat16 operand, which XLA runs in float32.
 
-Why it matters on CPU (jax 0.10.2, this project's 2-core AVX512-BF16 machine, 2048^3): a bf16 x bf16 dot
-with bf16 output ran at 178 GFLOP/s, one with float32 output (the hardware's bf16 dot-product
-instructions) at 372-385 GFLOP/s, a float32 dot at 205. A whole bf16 training step is still not faster than
-float32 on that CPU (cpu_small: 0.50-0.67 s vs 0.48 s plain): XLA:CPU computes bf16 elementwise ops through
-float32 converts and moves them around concatenations. On GPU and TPU the vendors' kernels accumulate 16-bit
+Why it matters on CPU: a bf16 dot with float32 output runs on the hardware's bf16 dot-product instructions,
+about twice a float32 dot, while one with bf16 output is slower than float32; a whole bf16 training step is
+still not faster than float32 there, because XLA:CPU computes bf16 elementwise ops through float32 converts
+(numbers: docs/measurements.md). On GPU and TPU the vendors' kernels accumulate 16-bit
 products in float32 anyway; there this only fixes where the result is rounded.
 """
 

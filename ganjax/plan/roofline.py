@@ -100,8 +100,7 @@ def plan_record(tr, slice_name: str, compiled: list, usable_hbm: float, *, assum
     spare = usable_hbm - worst_need
     # The compiler refuses a program whose allocation exceeds the chip (as the float32 ffhq256 step on v5e
     # was refused); one it accepted fits by its own accounting of what is live at once, even where the memory
-    # analysis' totals (temporaries + arguments + code) add up to more: seen for the bf16 ffhq256 step on v5e
-    # (accepted; the totals 16.86 GiB of 15.75).
+    # analysis' totals (temporaries + arguments + code) add up to more (seen on v5e: docs/measurements.md).
     rec["memory"] = {"needed_bytes": worst_need, "usable_bytes": usable_hbm, "spare_bytes": spare,
                      "fits": not refused, "tight": not refused and spare < 0, "refused_by_compiler": refused}
     if refused:

@@ -175,7 +175,7 @@ def d_r2(it, key, inputs, live):
 #         gradient (1x), and the backward through both for the parameter
 #         gradient of the penalty (2x of each): 6x. (Minibatch-std makes D's input gradient depend on the
 #         forward activations, so the second backward runs through the forward pass too; XLA's count of the
-#         compiled R1 phase agrees within 2%: 25.2 vs 24.8 GFLOP, cpu_small.)
+#         compiled R1 phase agrees within 2%: docs/measurements.md.)
 # g_pl:   per path-length image: G forward, the gradient to ws through synthesis (1x), and the backward
 #         through both (2x): 3 x (G + synthesis).
 def _mixing(f, t):

@@ -271,10 +271,8 @@ class TrainStep:
 
     Separate functions rather than one program with lax.cond: a plain step carries no regulariser branch
     (no conditional for XLA to schedule around, no state copies across branches), at the price of one
-    more compilation (two programs for the default R1-only setting). Measured on cpu_small (1 CPU device,
-    jax 0.10.2, both timed in one process on a loaded 2-core machine): separate programs 0.63 s plain /
-    0.80 s with R1; one program with lax.cond over the R1 phase 8.3 s / 12.3 s, with one 96 s compile
-    instead of 41 + 55 s.
+    more compilation (two programs for the default R1-only setting). On XLA:CPU the one program with a
+    lax.cond over R1 ran an order of magnitude slower than the two (docs/measurements.md).
 
     Each variant is compiled ahead of its first run (or loaded from the persistent compilation cache,
     ganjax/compilation_cache.py), and with several processes they all wait at a barrier of the
