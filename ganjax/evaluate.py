@@ -67,8 +67,9 @@ class Evaluator:
         self._generators = {}
 
     # -- reals ---------------------------------------------------------------------------------------------
-    def reference(self) -> metrics_lib.FeatureStats:
-        """Feature statistics of the reals (read from the cache, or computed and cached on first use)."""
+    def reference(self, stop=None) -> metrics_lib.FeatureStats:
+        """Feature statistics of the reals (read from the cache, or computed and cached on first use; `stop`
+        as in __call__, and nothing is cached when it stops)."""
         if self._reference is None:
             from ganjax import data
 
@@ -83,8 +84,8 @@ class Evaluator:
                 n = min(self.num_images, loader.num_examples)
                 path = metrics_lib.reference_cache_path(cfg, None if n == loader.num_examples else n,
                                                         cache_dir=self.cache_dir)
-                self._reference = metrics_lib.dataset_reference_stats(lambda _: loader.next_local(), n,
-                                                                      self.extractor, path)
+                self._reference = metrics_lib.dataset_reference_stats(
+                    _stoppable(lambda _: loader.next_local(), stop), n, self.extractor, path)
             finally:
                 loader.close()
         return self._reference
@@ -96,12 +97,29 @@ class Evaluator:
             self._generators[key] = image_generator(G, self.batch_size, self.batch_sharding, float(psi))
         return self._generators[key]
 
-    def __call__(self, G, params, buffers, *, psi: float = 1.0, seed: int = 0) -> dict:
-        """Scores of G with these variables: {"fid", "kid", "precision", "recall"} (those configured)."""
-        reference = self.reference()
+    def __call__(self, G, params, buffers, *, psi: float = 1.0, seed: int = 0, stop=None) -> dict:
+        """Scores of G with these variables: {"fid", "kid", "precision", "recall"} (those configured).
+        `stop()`, checked before each batch of reals or fakes: when true, EvaluationAbandoned is raised."""
+        reference = self.reference(stop)
         generate = self._generator(G, psi)
-        batches = lambda index: generate(params, buffers, int(seed), index)  # noqa: E731
+        batches = _stoppable(lambda index: generate(params, buffers, int(seed), index), stop)
         return metrics_lib.compute_metrics(batches, self.num_images, reference, self.extractor, self.metrics)
+
+
+class EvaluationAbandoned(Exception):
+    """An evaluation stopped between batches because its `stop()` said so (a preemption notice)."""
+
+
+def _stoppable(batch_fn, stop):
+    if stop is None:
+        return batch_fn
+
+    def checked(index):
+        if stop():
+            raise EvaluationAbandoned(f"evaluation abandoned before batch {index}")
+        return batch_fn(index)
+
+    return checked
 
 
 def image_generator(G, batch: int, sharding, psi: float = 1.0):
@@ -128,8 +146,9 @@ class PeriodicEvaluation:
     scores G_ema and returns {"fid": ..., ..., "eval/num_images": N, "eval/seconds": ...} for the loop to log;
     the Checkpointer reads "fid" from the logged history to keep the best checkpoint. Other steps: None."""
 
-    def __init__(self, config, G, mesh):
+    def __init__(self, config, G, mesh, stop=None):
         self.G = G
+        self.stop = stop  # checked between batches (Evaluator.__call__): a preemption abandons the evaluation
         self.seed = int(config.seed)
         self.batch = int(config.train.batch_size)
         self.every_images = intervals.images(config.eval.every_kimg, "eval.every_kimg")
@@ -145,5 +164,5 @@ class PeriodicEvaluation:
         if not self.due(int(step)):
             return None
         start = time.time()
-        scores = self.evaluator(self.G, state.g_ema_params, state.g_ema_buffers, seed=self.seed)
+        scores = self.evaluator(self.G, state.g_ema_params, state.g_ema_buffers, seed=self.seed, stop=self.stop)
         return {**scores, "eval/num_images": self.evaluator.num_images, "eval/seconds": time.time() - start}

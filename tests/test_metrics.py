@@ -11,7 +11,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ganjax import config as config_lib
 from ganjax import metrics
-from ganjax.metrics import fid, improved_precision_recall, inception, kid
+from ganjax.evaluate import EvaluationAbandoned, _stoppable
+from ganjax.metrics import extract, fid, improved_precision_recall, inception, kid
 
 
 def _random_spd(rng, d):
@@ -298,3 +299,19 @@ def test_reference_cache_path_keys_on_what_changes_the_images(tmp_path):
     c2.data.aspect_ratio = 0.75
     assert metrics.reference_cache_path(c2, 1000) != base
     assert metrics.reference_cache_path(c, 1000, cache_dir="/elsewhere").startswith("/elsewhere/ganjax_fid_stats/")
+
+
+def test_a_stop_request_abandons_feature_extraction_between_batches():
+    """What a preemption notice does to an evaluation (ganjax.evaluate._stoppable): the batch function stops
+    being called once stop() is true, and EvaluationAbandoned replaces the scores."""
+    calls = []
+
+    def batch(index):
+        calls.append(index)
+        return np.full((4, 2), float(index))
+
+    noticed = lambda: len(calls) >= 2  # noqa: E731 - SIGTERM arrives while batch 1 is being scored
+    with pytest.raises(EvaluationAbandoned, match="before batch 2"):
+        extract.extract_features(_stoppable(batch, noticed), 100, lambda b: b)
+    assert calls == [0, 1]
+    assert len(extract.extract_features(_stoppable(batch, lambda: False), 10, lambda b: b)) == 10

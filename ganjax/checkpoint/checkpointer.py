@@ -178,6 +178,11 @@ class Checkpointer:
     def preemption_requested(self, step: int) -> bool:
         return self._preemption.requested(step)
 
+    def preemption_noticed(self) -> bool:
+        """Whether SIGTERM arrived, checkable at any time (between evaluation batches); always False with
+        several processes, which must agree on when to stop and do so at a step (the preemption sync point)."""
+        return not self._preemption._use_sync_point and self._preemption._flag.is_set()
+
     def save_for_preemption(self, step: int, state, loader, metrics_history) -> float:
         """Save `step` now and wait until it is committed; returns the seconds since the notice."""
         self.maybe_save(step, state, loader, metrics_history, force=True)

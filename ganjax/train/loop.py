@@ -21,7 +21,7 @@ from ganjax import compilation_cache, data, insight, parallel, sampling, viz
 from ganjax.checkpoint import Checkpointer
 from ganjax.checkpoint.trees import config_to_dict
 from ganjax.config import validate
-from ganjax.evaluate import PeriodicEvaluation
+from ganjax.evaluate import EvaluationAbandoned, PeriodicEvaluation
 from ganjax.train import intervals, setup
 from ganjax.train.cost import CostMeter
 from ganjax.train.state import adam_hparams
@@ -222,6 +222,17 @@ def _check_skips(prev_metrics, done: int, limit: int, ckpt: Checkpointer):
             f"them and the last checkpoint (step {ckpt.latest_step()}) is intact")
 
 
+def _save_and_exit(ckpt: Checkpointer, window, done: int, state, loader, history, last) -> dict:
+    """The preemption exit: the log line due at this step (so the metric history stays whole across the
+    resume), then a committed save of this step; returns the last logged metrics."""
+    if window.due(done, {}):
+        last = window.log(done, {})
+    seconds = ckpt.save_for_preemption(done, state, loader, history)
+    logging.warning("preemption: step %d committed %.1f s after the notice; exiting", done, seconds)
+    print(f"preemption: saved step {done} ({seconds:.1f} s after the notice); exiting", flush=True)
+    return last
+
+
 def _run_hooks(hooks, done: int, state, metrics) -> dict:
     extra = {}
     for hook in hooks:
@@ -261,11 +272,13 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     tr = setup.build(config, mesh)
     # FID etc. every eval.every_kimg and at the last step. Built first: it loads the Inception weights, so a
     # missing file stops the run before anything else starts.
-    if float(config.eval.every_kimg) > 0:
-        hooks = (*hooks, PeriodicEvaluation(config, tr.G, mesh))
+    evaluation = PeriodicEvaluation(config, tr.G, mesh) if float(config.eval.every_kimg) > 0 else None
+    hooks = (*hooks, evaluation) if evaluation is not None else hooks
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
+    if evaluation is not None:  # a preemption notice abandons an evaluation between its batches
+        evaluation.stop = ckpt.preemption_noticed
     state, history = _restore(ckpt, tr, loader, resume_step)
     _write_config(config, workdir, is_main)
     start = int(jax.device_get(state.step))
@@ -297,13 +310,12 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
             # (a preempted VM gives ~30 s from SIGTERM to SIGKILL). A log line due at this step is still
             # written (one fetch of the window's metrics), so the metric history stays whole across the resume.
             if ckpt.preemption_requested(done):
-                if window.due(done, {}):
-                    last = window.log(done, {})
-                seconds = ckpt.save_for_preemption(done, state, loader, history)
-                logging.warning("preemption: step %d committed %.1f s after the notice; exiting", done, seconds)
-                print(f"preemption: saved step {done} ({seconds:.1f} s after the notice); exiting", flush=True)
-                return last
-            extra = _run_hooks(hooks, done, state, metrics)
+                return _save_and_exit(ckpt, window, done, state, loader, history, last)
+            try:
+                extra = _run_hooks(hooks, done, state, metrics)
+            except EvaluationAbandoned:  # SIGTERM during an evaluation: its result is not needed to resume
+                print(f"preemption: abandoned the evaluation of step {done}", flush=True)
+                return _save_and_exit(ckpt, window, done, state, loader, history, last)
             if window.due(done, extra):
                 last = window.log(done, extra)
             if samples is not None and samples.due(done):
