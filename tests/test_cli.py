@@ -65,3 +65,13 @@ def test_unknown_override_field_is_one_line_naming_the_nearest(tmp_path):
     assert "--config.augmnt.mode: config has no field 'augmnt' (did you mean 'augment'?)" in out.stderr
     assert "--config.train.r1_gama: config.train has no field 'r1_gama' (did you mean 'r1_gamma'?)" in out.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_importing_ganjax_starts_no_jax_backend():
+    """Commands set the CPU device count and libtpu's environment after importing ganjax's modules: an import
+    that computes with JAX (a module-level jnp constant) would start the backends first and break them."""
+    code = ("import ganjax.train.loop, ganjax.bench.run, ganjax.plan.compile, ganjax.evaluate, ganjax.augment.ops\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge.backends_are_initialized(), 'a module started the JAX backends at import'\n")
+    out = run_killing_group([sys.executable, "-c", code], 120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]

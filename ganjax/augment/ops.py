@@ -25,6 +25,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ganjax.augment.resample import warp
 
@@ -81,7 +82,9 @@ def _translate2(tx, ty):
     return _affine2(o, z, z, o, tx, ty)
 
 
-_GREY = jnp.array([1.0, 1.0, 1.0, 0.0]) / jnp.sqrt(3.0)  # the grey axis, homogeneous
+# The grey axis, homogeneous. NumPy, not jnp: a jnp constant at import would start JAX's backends, before a
+# command has set the device count or libtpu's environment.
+_GREY = np.array([1.0, 1.0, 1.0, 0.0]) / np.sqrt(3.0)
 
 
 def _color_linear(m3, shift=None):
