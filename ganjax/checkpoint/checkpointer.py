@@ -68,6 +68,10 @@ def _without_absent_empty_fields(target, saved):
     return present, lambda restored: type(target)(**restored, **absent)
 
 
+class _Unreadable(Exception):
+    """Reading a checkpoint's files failed (its __cause__ says how): damage, not a mismatch of the model."""
+
+
 def _damage(e: Exception) -> str:
     """The first line of a read error, with the array it names when TensorStore says which."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -260,15 +264,13 @@ class Checkpointer:
                 if explicit:
                     self._supersede_newer(step)
                 return restored
-            except CheckpointError:
-                raise
-            except Exception as e:  # noqa: BLE001 - what TensorStore/Orbax raise for unreadable files varies
-                damage = _damage(e)
+            except _Unreadable as e:
+                damage = _damage(e.__cause__)
                 older = [s for s in self.all_steps() if s < step]
                 if explicit or jax.process_count() > 1 or not older:
                     why = ("no older checkpoint to fall back to" if not older and not explicit else
                            f"choose another step with --resume_step (complete steps: {self.all_steps()})")
-                    raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: {damage}; {why}") from e
+                    raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: {damage}; {why}") from e.__cause__
                 aside = self._set_aside(step, "damaged")
                 logging.warning("checkpoint step %d is damaged (%s); moved to %s", step, damage, aside)
                 print(f"checkpoint step {step} is damaged ({damage}); moved it to {aside} and falling back to "
@@ -277,18 +279,24 @@ class Checkpointer:
 
     def _restore_step(self, step: int, abstract_state, loader):
         target = self._with_default_sharding(abstract_state)
-        saved = self._manager.item_metadata(step)["state"]
-        check_compatible(saved, target, f"checkpoint {self.directory}/{step}")
+        try:
+            saved = self._manager.item_metadata(step)["state"]
+        except Exception as e:  # noqa: BLE001 - what Orbax/TensorStore raise for unreadable files varies
+            raise _Unreadable() from e
+        check_compatible(saved, target, f"checkpoint {self.directory}/{step}")  # another model: not damage
         target, put_back = _without_absent_empty_fields(target, saved)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                loader=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-                metrics_history=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target),
+                    loader=ocp.args.JsonRestore(),
+                    config=ocp.args.JsonRestore(),
+                    metrics_history=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001
+            raise _Unreadable() from e
         # A checkpoint saved without a loader (e.g. converted released weights, to fine-tune) has no data
         # position: the loader then starts at the beginning of its stream.
         if loader is not None and restored["loader"]:
