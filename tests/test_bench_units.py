@@ -198,12 +198,12 @@ def test_cost_meter_accumulates_flops_device_time_and_money():
 
 
 def test_variant_weights_follow_the_lazy_intervals():
-    t = base_config().train
-    t.pl_weight = 2.0  # R1 every 16, path length every 4
-    w = StepConfig.from_config(type("C", (), {"train": t})).variant_weights()
+    c = base_config()
+    c.train.pl_weight = 2.0  # R1 every 16, path length every 4
+    w = StepConfig.from_config(c).variant_weights()
     assert w == {(): 12 / 16, ("g_pl",): 3 / 16, ("g_pl", "d_r1"): 1 / 16}
-    t.pl_weight, t.r1_gamma = 0.0, 0.0
-    assert StepConfig.from_config(type("C", (), {"train": t})).variant_weights() == {(): 1.0}
+    c.train.pl_weight, c.train.r1_gamma = 0.0, 0.0
+    assert StepConfig.from_config(c).variant_weights() == {(): 1.0}
 
 
 def test_mesh_flag_parsing():
