@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.split = "train"
     d.num_images = 10000  # size of the procedural dataset
     d.max_images = 0  # train on the first N images of the split only (0 = all); FID still scores against all
+    # the class label of conditional training ("" = none; needs model.num_classes): for shapes num_objects |
+    # front_shape | front_color, for a folder subfolders | dataset.json, for a catalog dataset a ClassLabel
+    # feature such as 'label' (ganjax/data/labels.py)
+    d.label = ""
     d.aspect_ratio = 1.0  # crop to this aspect (h/w) then pad to square (GANsformer preprocessing)
     d.mirror = False
     d.shuffle_seed = 0
@@ -119,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
     e.metrics = "fid"  # comma list of fid, kid, pr
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
     e.batch_size = 64
+    # a conditional model also gets FID per class (fid/class<c>, and their mean): class c's fakes against the
+    # reals of class c among the reference's images, as many of each (ganjax/evaluate.py)
+    e.per_class = False
 
     b = c.bench = ml_collections.ConfigDict()  # `ganjax bench` (ganjax/bench/)
     b.steps = 10  # timed executions of each compiled program
@@ -385,6 +392,7 @@ def _cross_field_problems(c, num_devices):
         problems.append(f"config.data.split: {d.split!r} is not one of ('train', 'test') (the shapes dataset)")
     if d.dataset == "folder" and d.split != "train":
         problems.append(f"config.data.split: {d.split!r}: an image folder has one split, 'train'")
+    problems += importlib.import_module("ganjax.data.labels").problems(d.dataset, d.label, c.model.num_classes)
     return problems
 
 

@@ -1,18 +1,29 @@
 """Scoring a generator with the field's metrics (FID / KID / precision-recall, ganjax/metrics), used by
 `ganjax eval` and by the training loop's periodic evaluation.
 
-Fakes: N images of G_ema, image i from latents and per-pixel noise drawn with fold_in(key(seed), i), no
+Fakes: N images of G_ema, image i from latents and per-pixel noise drawn with fold_in(key(seed), i) (and for
+a conditional G its class, drawn from the data's class frequencies with that key: sampling.class_of), no
 truncation, generated batch-sharded over every device of the mesh and fed to the Inception on the same
 devices. Reals: the first min(N, dataset size) images of the shuffled, un-mirrored split, whose statistics
 are computed once and cached (ganjax.metrics.reference_cache_path). FID depends on N: a score is reported
 together with its N (`eval/num_images`), e.g. FID-1k is not comparable with the literature's FID-50k.
+
+Per class (eval.per_class, a conditional G): the reference's N reals are split by class; class c's FID
+compares its N_c reals with N_c fakes of class c (image i: the latents and noise of image_keys(seed, i)).
+With N_c ~ N / classes images each, a per-class FID is biased upward against the overall one; compare
+per-class FIDs of the same N only.
 """
 
+import contextlib
+import itertools
 import math
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax import metrics as metrics_lib
@@ -48,8 +59,11 @@ class Evaluator:
     """
 
     def __init__(self, config, mesh=None, *, num_images: int | None = None, metrics=None,
-                 inception_path: str | None = None, batch_size: int | None = None, cache_dir: str | None = None):
+                 inception_path: str | None = None, batch_size: int | None = None, cache_dir: str | None = None,
+                 per_class: bool | None = None):
         e = config.eval
+        # FID per class too (a conditional G); older configs lack the field
+        self.by_class = bool(e.get("per_class", False) if per_class is None else per_class)
         self.config = config
         self.metrics = parse_metrics(metrics if metrics is not None else e.metrics)
         self.num_images = int(num_images if num_images is not None else e.num_images)
@@ -64,6 +78,8 @@ class Evaluator:
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(tuple(self.mesh.axis_names)))
         self.cache_dir = cache_dir
         self._reference = None
+        self._class_logits = None
+        self._class_references = None
         self._generators = {}
 
     # -- reals ---------------------------------------------------------------------------------------------
@@ -71,28 +87,89 @@ class Evaluator:
         """Feature statistics of the reals (read from the cache, or computed and cached on first use; `stop`
         as in __call__, and nothing is cached when it stops)."""
         if self._reference is None:
-            from ganjax import data
-
-            cfg = self.config.copy_and_resolve_references()
-            cfg.unlock()
-            cfg.data.mirror = False  # the reference is the dataset itself, not its augmentation
-            cfg.data.max_images = 0  # and all of it, when training uses a subset (as StyleGAN2-ADA scores)
-            cfg.train.batch_size = self.batch_size
-            data.prepare(cfg)
-            loader = data.make_loader(cfg, self.batch_sharding)
-            try:
-                n = min(self.num_images, loader.num_examples)
-                path = metrics_lib.reference_cache_path(cfg, None if n == loader.num_examples else n,
-                                                        cache_dir=self.cache_dir)
+            with self._reference_loader(labeled=False) as (cfg, loader, n, path):
                 self._reference = metrics_lib.dataset_reference_stats(
                     _stoppable(lambda _: loader.next_local(), stop), n, self.extractor, path)
-            finally:
-                loader.close()
         return self._reference
 
-    # -- fakes ---------------------------------------------------------------------------------------------
+    def class_references(self, stop=None) -> list:
+        """Per class, the feature statistics of the reference's reals of that class (cached beside the overall
+        reference; `stop` as in __call__)."""
+        if self._class_references is None:
+            with self._reference_loader(labeled=True) as (cfg, loader, n, path):
+                paths = [f"{path[:-len('.npz')]}-{cfg.data.label}-class{c}.npz" for c in range(cfg.model.num_classes)]
+                if all(metrics_lib.exists_everywhere(p) for p in paths):
+                    self._class_references = [metrics_lib.FeatureStats.load(p) for p in paths]
+                    return self._class_references
+                features, labels = [], []
+                read = _stoppable(lambda _: loader.next_local(), stop)
+                for index in itertools.count():
+                    if sum(map(len, labels)) >= n:
+                        break
+                    rows, batch_labels = read(index)
+                    features.append(self.extractor(rows))
+                    labels.append(np.asarray(multihost_utils.process_allgather(batch_labels, tiled=True)))
+            features, labels = np.concatenate(features)[:n], np.concatenate(labels)[:n]
+            references = []
+            for c, class_path in enumerate(paths):
+                if np.sum(labels == c) < 2:
+                    raise ValueError(f"eval.per_class: class {c} has {np.sum(labels == c)} of the {n} reference "
+                                     f"images; a class FID needs at least 2 (raise eval.num_images)")
+                references.append(metrics_lib.FeatureStats.from_features(features[labels == c]))
+                if jax.process_index() == 0:
+                    references[-1].save(class_path)
+            self._class_references = references
+        return self._class_references
+
+    @contextlib.contextmanager
+    def _reference_loader(self, labeled: bool):
+        """(config, loader, n, cache path) of the reference's reals: the first n = min(num_images, dataset size)
+        of the shuffled split, un-mirrored, all of it when training uses a subset (as StyleGAN2-ADA scores),
+        with their labels or (the same reals either way) without."""
+        from ganjax import data
+
+        cfg = self.config.copy_and_resolve_references()
+        cfg.unlock()
+        cfg.data.mirror, cfg.data.max_images = False, 0
+        if not labeled:
+            cfg.data.label, cfg.model.num_classes = "", 0
+        cfg.train.batch_size = self.batch_size
+        data.prepare(cfg)
+        loader = data.make_loader(cfg, self.batch_sharding)
+        try:
+            n = min(self.num_images, loader.num_examples)
+            yield cfg, loader, n, metrics_lib.reference_cache_path(cfg, None if n == loader.num_examples else n,
+                                                                   cache_dir=self.cache_dir)
+        finally:
+            loader.close()
+
+    def per_class(self, G, params, buffers, *, psi: float = 1.0, seed: int = 0, stop=None) -> dict:
+        """{"fid/class<c>": ..., "fid/class_mean": ...} of a conditional G (see the module docstring)."""
+        if not G.cfg.num_classes:
+            raise ValueError("eval.per_class: the generator is unconditional (model.num_classes=0)")
+        generate = self._generator(G, psi)
+        out = {}
+        for c, reference in enumerate(self.class_references(stop)):
+            one_hot = np.full(G.cfg.num_classes, -np.inf, np.float32)
+            one_hot[c] = 0.0
+            batches = _stoppable(lambda index, l=one_hot: generate(params, buffers, int(seed), index, l), stop)
+            out[f"fid/class{c}"] = metrics_lib.compute_metrics(batches, reference.num_images, reference,
+                                                               self.extractor, ("fid",))["fid"]
+        out["fid/class_mean"] = float(np.mean(list(out.values())))
+        return out
+
+    def class_logits(self):
+        """log class frequencies of the data's labels (what a conditional G's fakes are drawn from)."""
+        if self._class_logits is None:
+            from ganjax import data  # the data pipeline only for a conditional G
+
+            counts = data.class_counts(self.config)
+            with np.errstate(divide="ignore"):  # a class with no example is never drawn
+                self._class_logits = np.log(counts / counts.sum()).astype(np.float32)
+        return self._class_logits
+
     def _generator(self, G, psi: float):
-        key = (G, float(psi))  # one compile per model and psi; seed and batch index are arguments
+        key = (G, float(psi))  # one compile per model and psi; seed, batch index (and classes) are arguments
         if key not in self._generators:
             self._generators[key] = image_generator(G, self.batch_size, self.batch_sharding, float(psi))
         return self._generators[key]
@@ -102,8 +179,12 @@ class Evaluator:
         `stop()`, checked before each batch of reals or fakes: when true, EvaluationAbandoned is raised."""
         reference = self.reference(stop)
         generate = self._generator(G, psi)
-        batches = _stoppable(lambda index: generate(params, buffers, int(seed), index), stop)
-        return metrics_lib.compute_metrics(batches, self.num_images, reference, self.extractor, self.metrics)
+        logits = (self.class_logits(),) if G.cfg.num_classes else ()
+        batches = _stoppable(lambda index: generate(params, buffers, int(seed), index, *logits), stop)
+        scores = metrics_lib.compute_metrics(batches, self.num_images, reference, self.extractor, self.metrics)
+        if self.by_class:
+            scores.update(self.per_class(G, params, buffers, psi=psi, seed=seed, stop=stop))
+        return scores
 
 
 class EvaluationAbandoned(Exception):
@@ -123,20 +204,27 @@ def _stoppable(batch_fn, stop):
 
 
 def image_generator(G, batch: int, sharding, psi: float = 1.0):
-    """jit(generate(params, buffers, seed, index) -> images [batch, R, R, C]) of batch number `index`, in
-    `sharding`: image i is sampling.image_keys(seed, i)'s (ganjax/sampling.py: its latents and noise from that
-    key alone), so the images (and the scores) do not depend on the batch size or on how many devices share
-    it."""
+    """jit(generate(params, buffers, seed, index[, class_logits]) -> images [batch, R, R, C]) of batch number
+    `index`, in `sharding`: image i is sampling.image_keys(seed, i)'s (ganjax/sampling.py: its latents and noise
+    from that key alone, and a conditional G's class drawn with it from class_logits [num_classes], the log
+    class frequencies, an argument: -inf but for one class gives that class), so the images (and the scores)
+    do not depend on the batch size or on how many devices share it."""
     cfg = G.cfg
 
-    def one(key, variables):
+    def one(key, logits, variables):
         z = sampling.latents(key, cfg.num_latents, cfg.z_dim)[None]
-        return G.apply(variables, z, truncation_psi=psi, noise_mode="random",
+        labels = None if logits is None else sampling.class_of(key, logits)[None]
+        return G.apply(variables, z, truncation_psi=psi, noise_mode="random", labels=labels,
                        rngs={"noise": sampling.noise_key(key)})[0]
 
-    def generate(params, buffers, seed, index):
+    def generate(params, buffers, seed, index, *class_logits):
+        if len(class_logits) != (1 if cfg.num_classes else 0):
+            raise ValueError(f"a {'conditional' if cfg.num_classes else 'unconditional'} generator "
+                             f"({cfg.num_classes} classes) {'needs' if cfg.num_classes else 'takes no'} class_logits")
+        logits = class_logits[0] if class_logits else None
         ids = jax.lax.with_sharding_constraint(index * batch + jnp.arange(batch), sharding)
-        return jax.vmap(one, in_axes=(0, None))(sampling.image_keys(seed, ids), {"params": params, "buffers": buffers})
+        return jax.vmap(one, in_axes=(0, None, None))(sampling.image_keys(seed, ids), logits,
+                                                      {"params": params, "buffers": buffers})
 
     return jax.jit(generate, out_shardings=sharding)
 

@@ -19,11 +19,12 @@ def _latent_shape(G):
     return G.cfg.num_latents, G.cfg.z_dim
 
 
-def attention(G, variables, seeds, *, psi=1.0, noise_mode="const", batch_size=16):
-    """(images [N, R, R, C], attention maps [N, T, layers, heads, R, R]) of the seeds."""
+def attention(G, variables, seeds, *, psi=1.0, label=None, noise_mode="const", batch_size=16):
+    """(images [N, R, R, C], attention maps [N, T, layers, heads, R, R]) of the seeds (of class `label`, for a
+    conditional G: every function here takes one)."""
     if not has_attention(G.cfg):
         raise ValueError("the model has no attention layers (model.num_local = 0 or model.attention = 'none')")
-    return generate(G, variables, seeds, psi=psi, noise_mode=noise_mode, return_attention=True,
+    return generate(G, variables, seeds, psi=psi, labels=label, noise_mode=noise_mode, return_attention=True,
                     batch_size=batch_size)
 
 
@@ -38,7 +39,7 @@ def variation_latents(z, seed: int, num_variations: int):
     return jnp.stack([base[i].at[1:, i].set(fresh[i]) for i in range(k)])
 
 
-def latent_variation(G, variables, seed: int, num_variations: int, *, psi=1.0, noise_mode="const",
+def latent_variation(G, variables, seed: int, num_variations: int, *, psi=1.0, label=None, noise_mode="const",
                      batch_size=16):
     """[k, 1 + num_variations, R, R, C]: row i resamples latent component i of the seed's z (the last row is
     the global latent), keeping the other components and the noise; column 0 is the unmodified image."""
@@ -46,11 +47,11 @@ def latent_variation(G, variables, seed: int, num_variations: int, *, psi=1.0, n
     table = variation_latents(z[0], seed, num_variations)
     rows, cols = table.shape[:2]
     images = render(G, variables, table.reshape(rows * cols, *z.shape[1:]), jnp.repeat(keys, rows * cols, axis=0),
-                    psi, noise_mode=noise_mode, batch_size=batch_size)
+                    psi, labels=label, noise_mode=noise_mode, batch_size=batch_size)
     return images.reshape(rows, cols, *images.shape[1:])
 
 
-def truncation_sweep(G, variables, seeds, psis, *, noise_mode="const", batch_size=16):
+def truncation_sweep(G, variables, seeds, psis, *, label=None, noise_mode="const", batch_size=16):
     """[N, P, R, R, C]: row = seed, column = truncation psi (w_avg + psi (w - w_avg); psi 0 = the w_avg image)."""
     psis = [float(p) for p in psis]
     if not psis:
@@ -58,7 +59,8 @@ def truncation_sweep(G, variables, seeds, psis, *, noise_mode="const", batch_siz
     z, keys = seed_latents(seeds, *_latent_shape(G))
     n, p = len(z), len(psis)
     images = render(G, variables, jnp.repeat(z, p, axis=0), jnp.repeat(keys, p, axis=0),
-                    jnp.tile(jnp.asarray(psis, jnp.float32), n), noise_mode=noise_mode, batch_size=batch_size)
+                    jnp.tile(jnp.asarray(psis, jnp.float32), n), labels=label, noise_mode=noise_mode,
+                    batch_size=batch_size)
     return images.reshape(n, p, *images.shape[1:])
 
 
@@ -76,8 +78,8 @@ def slerp(a, b, t):
     return wa * a + wb * b
 
 
-def interpolation(G, variables, seeds, num_frames: int, *, method="slerp", psi=1.0, noise_mode="const",
-                  batch_size=16):
+def interpolation(G, variables, seeds, num_frames: int, *, method="slerp", psi=1.0, label=None,
+                  noise_mode="const", batch_size=16):
     """[num_frames, R, R, C]: a path through the seeds' z in order, frames evenly spaced from the first seed's
     image to the last one's. The noise stays the first seed's, so only the latents move."""
     seeds = list(seeds)
@@ -93,8 +95,8 @@ def interpolation(G, variables, seeds, num_frames: int, *, method="slerp", psi=1
     t = jnp.asarray(pos - seg, jnp.float32)[:, None]  # [F, 1]: the same t for every latent component
     a, b = z[seg], z[seg + 1]
     frames_z = slerp(a, b, t) if method == "slerp" else a + t[..., None] * (b - a)
-    return render(G, variables, frames_z, jnp.repeat(keys[:1], num_frames, axis=0), psi, noise_mode=noise_mode,
-                  batch_size=batch_size)
+    return render(G, variables, frames_z, jnp.repeat(keys[:1], num_frames, axis=0), psi, labels=label,
+                  noise_mode=noise_mode, batch_size=batch_size)
 
 
 def has_attention(model_cfg) -> bool:
@@ -106,13 +108,14 @@ class AttentionSnapshot:
     """G_ema's attention overlays for fixed latents as one uint8 grid (viz.attention_overlay_grid): the
     training loop's TensorBoard image. Every process calls it; the result is replicated."""
 
-    def __init__(self, G, mesh, z, alpha: float = 0.6):
+    def __init__(self, G, mesh, z, alpha: float = 0.6, labels=None):
         self._grid = lambda images, attn: viz.attention_overlay_grid(images, attn, alpha)
         replicated = NamedSharding(mesh, PartitionSpec())
         self.z = jax.device_put(z, replicated)
-        self._fn = jax.jit(lambda p, b, z: G.apply({"params": p, "buffers": b}, z, noise_mode="const",
-                                                   return_attention=True), out_shardings=replicated)
+        self.labels = None if labels is None else jax.device_put(labels, replicated)
+        self._fn = jax.jit(lambda p, b, z, y: G.apply({"params": p, "buffers": b}, z, noise_mode="const",
+                                                      return_attention=True, labels=y), out_shardings=replicated)
 
     def __call__(self, params, buffers) -> np.ndarray:
-        images, attn = self._fn(params, buffers, self.z)
+        images, attn = self._fn(params, buffers, self.z, self.labels)
         return self._grid(np.asarray(images.addressable_data(0)), np.asarray(attn.addressable_data(0)))

@@ -7,6 +7,8 @@ CPU-sized runs on the embedded procedural dataset, and the model-size ladder for
 The architecture of each family stays in its own config file.
 """
 
+from ganjax.data import labels
+
 # Reference datasets: (TFDS name or 'folder', resolution, R1 gamma, mirror, aspect ratio h/w).
 # FFHQ is not in the TFDS catalog: it is read from an image folder (override config.data.folder).
 REFERENCE = {
@@ -49,7 +51,9 @@ R3GAN = dict(loss="relativistic", lr=2e-4, lr_final=5e-5, beta1=0.0, beta2=0.9, 
              gamma_per_r1=15.0, gamma_final_ratio=0.1, ramp_kimg=20000.0)
 RECIPES = ("reference", "r3gan")
 
-OPTIONS = {"size": tuple(SIZES), "recipe": RECIPES}
+# Class-conditional training on the embedded scenes (`shapes32,label=front_color`): one of the scene labels
+# (ganjax/data/labels.py), which sets data.label and model.num_classes. Other datasets set those two fields.
+OPTIONS = {"size": tuple(SIZES), "recipe": RECIPES, "label": tuple(labels.SHAPES_LABELS)}
 
 
 def parse_arg(arg, default="shapes32"):
@@ -110,6 +114,12 @@ def apply_options(c, name, options):
     if "size" in options:
         apply_size(c, options["size"])
     apply_recipe(c, options.get("recipe", "reference"), cpu=name in CPU)
+    if "label" in options:
+        if name not in CPU:
+            raise ValueError(f"config preset option label: {name!r} is not a shapes preset; set "
+                             f"config.data.label and config.model.num_classes for its dataset's labels")
+        c.data.label = options["label"]
+        c.model.num_classes = labels.SHAPES_LABELS[options["label"]][0]
     return c
 
 

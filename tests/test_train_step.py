@@ -46,18 +46,27 @@ def host(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def labels_for(tr, batch=8):
+    """A conditional config's batch labels (classes 0, 1, ... cycled), laid out as the loader's; else ()."""
+    n = tr.model_cfg.num_classes
+    if not n:
+        return ()
+    sharding = jax.sharding.NamedSharding(tr.mesh, P(*tr.batch_sharding.spec[:1]))
+    return (jax.device_put(jnp.arange(batch, dtype=jnp.int32) % n, sharding),)
+
+
 def run_steps(c, devices, steps, *, aot=False):
     c.model.attention_dropout = 0.0
     mesh = parallel.make_mesh(c, devices)
     tr = setup.build(c, mesh)
     state = tr.init_state()
-    batch = reals(tr.batch_sharding)
+    batch = (reals(tr.batch_sharding),) + labels_for(tr)
     metrics, compiled = [], None
     for i in range(steps):
         if aot and compiled is None:
-            compiled = tr.train_step.variant(tr.train_step.cfg.fires(i)).lower(state, batch).compile()
-        fn = compiled if aot else (lambda s, b, i=i: tr.train_step(s, b, i))
-        state, m = fn(state, batch)
+            compiled = tr.train_step.variant(tr.train_step.cfg.fires(i)).lower(state, *batch).compile()
+        fn = compiled if aot else (lambda s, *b, i=i: tr.train_step(s, b[0], i, *b[1:]))
+        state, m = fn(state, *batch)
         metrics.append(host(m))
     return tr, state, metrics, compiled
 

@@ -8,7 +8,8 @@ per-phase breakdown (G main, D main, D R1, G PL) jits each phase of the same ite
 (phase + optimizer update), so the breakdown's sum differs from a whole iteration by what XLA fuses across
 phases.
 
-The real batch is a fixed random device-resident array: the bench measures the step, not the loader.
+The real batch is a fixed random device-resident array (with random labels for a conditional model): the
+bench measures the step, not the loader.
 """
 
 import math
@@ -25,22 +26,29 @@ from ganjax.train import cost, programs, setup
 
 
 def build(config, num_devices: int | None = None):
-    """(Training, fresh sharded state, a random device-resident real batch) for `config` on a mesh over the
-    first num_devices devices (default all)."""
+    """(Training, fresh sharded state, the step's other arguments: a random device-resident real batch and,
+    for a conditional model, random labels) for `config` on a mesh over the first num_devices devices
+    (default all)."""
     mesh = parallel.make_mesh(config, jax.devices()[:num_devices] if num_devices else None)
     tr = setup.build(config, mesh)
     tr.model_cfg.validate()
-    reals = programs.abstract_reals(tr)
-    batch = np.random.default_rng(0).uniform(-1, 1, reals.shape).astype(np.float32)
-    return tr, tr.init_state(), jax.device_put(batch, reals.sharding)
+    rng = np.random.default_rng(0)
+    batch = []
+    for arg in programs.batch_args(tr):
+        if np.issubdtype(arg.dtype, np.integer):  # labels
+            value = rng.integers(0, tr.model_cfg.num_classes, arg.shape).astype(arg.dtype)
+        else:
+            value = rng.uniform(-1, 1, arg.shape).astype(arg.dtype)
+        batch.append(jax.device_put(value, arg.sharding))
+    return tr, tr.init_state(), tuple(batch)
 
 
-def _time(compiled, state, reals, steps: int, warmup: int, returns_metrics: bool):
+def _time(compiled, state, batch, steps: int, warmup: int, returns_metrics: bool):
     """Runs the compiled program warmup + steps times, threading the (donated) state through."""
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        out = compiled(state, reals)
+        out = compiled(state, *batch)
         jax.block_until_ready(out)
         dt = time.perf_counter() - t0
         state = out[0] if returns_metrics else out
@@ -77,7 +85,7 @@ def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, devi
     device_key: the accelerator-table entry for MFU (None: detected from the devices; CPUs use a matmul
     probe and their theoretical peak).
     """
-    tr, state, reals = build(config, num_devices)
+    tr, state, batch = build(config, num_devices)
     mesh = tr.mesh
     n_dev = mesh.size
     device = mesh.devices.flat[0]
@@ -92,7 +100,7 @@ def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, devi
     amort = {"median_s": 0.0, "p10_s": 0.0, "p90_s": 0.0}
     for prog in programs.iteration_programs(tr):
         compiled, lower_s, compile_s = prog.compile()
-        times, state = _time(compiled, state, reals, steps, warmup, returns_metrics=True)
+        times, state = _time(compiled, state, batch, steps, warmup, returns_metrics=True)
         st, _ = compiled_lib.stats(compiled, n_dev)
         sp = _spread(times)
         rec["variants"][prog.name] = {
@@ -109,7 +117,7 @@ def bench(config, *, steps: int = 10, warmup: int = 2, phases: bool = True, devi
     if phases:
         for prog in programs.phase_programs(tr):
             compiled, lower_s, compile_s = prog.compile()
-            times, state = _time(compiled, state, reals, steps, warmup, returns_metrics=False)
+            times, state = _time(compiled, state, batch, steps, warmup, returns_metrics=False)
             st, _ = compiled_lib.stats(compiled, n_dev)
             rec["phases"][prog.name] = {"compile_s": lower_s + compile_s, **_spread(times),
                                         "xla_flops": st["flops"] * n_dev,

@@ -57,13 +57,14 @@ def resolve(path: str, step: int | None = None) -> tuple[str, str]:
 def abstract_generator(config, sharding):
     """(G, ShapeDtypeStruct tree {'params', 'buffers'} with `sharding`) for the model section of `config`."""
     from ganjax.models import ModelConfig, build_models
+    from ganjax.models.mapping import example_labels
 
     model_cfg = ModelConfig.from_config(config.model)
     model_cfg.validate()
     G, _ = build_models(model_cfg)
     z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
     keys = {name: jax.random.key(0) for name in ("params", "noise", "dropout", "mixing")}
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(G.init(keys, z)))
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(G.init(keys, z, labels=example_labels(model_cfg))))
     tree = {"params": shapes["params"], "buffers": shapes.get("buffers", {})}
     return G, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 

@@ -75,6 +75,11 @@ def show(config, out: str, n: int):
         images = loader.next_local()
     finally:
         loader.close()
+    if loader.labeled:  # (images, labels): the grid in class order, the classes printed
+        images, labels = images
+        order = np.argsort(labels, kind="stable")
+        images = images[order]
+        print(f"classes ({config.data.label}) in grid order: {' '.join(map(str, labels[order]))}")
     viz.save_png(uint8_grid(images), out)
     return images
 
@@ -86,11 +91,11 @@ def bench(config, steps: int) -> dict:
     loader = data.make_loader(config, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     try:
         for _ in range(5):
-            next(loader).block_until_ready()
+            jax.block_until_ready(next(loader))
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
-            batch = next(loader)
-        batch.block_until_ready()
+            batch = next(loader)  # images (and labels, with data.label)
+        jax.block_until_ready(batch)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     finally:
         loader.close()

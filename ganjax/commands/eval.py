@@ -1,11 +1,12 @@
-"""`ganjax eval --workdir DIR [--checkpoint PATH] [--num_images N] [--metrics fid,kid,pr]`.
+"""`ganjax eval --workdir DIR [--checkpoint PATH] [--num_images N] [--metrics fid,kid,pr] [--per_class]`.
 
 Scores G_ema of a checkpoint (default: DIR's latest; PATH may be an exported generator, a workdir, its
 checkpoints dir or one step dir) with FID / KID / precision-recall on the FID Inception, against the
 dataset's cached reference statistics, all work split over every device. Prints the scores and appends one
 record {"kind": "eval", "step", "kimg", "checkpoint", "eval/num_images", "fid", ...} to DIR/metrics.jsonl.
 Needs the Inception weights once: `ganjax convert inception --out <path>` (default path: see --inception_path).
-Defaults (N, metrics, weights path, batch) come from the checkpoint's config.eval.
+Defaults (N, metrics, weights path, batch, per class) come from the checkpoint's config.eval. --per_class: a
+conditional generator's FID per class too (fid/class<c>, fid/class_mean; ganjax/evaluate.py).
 """
 
 import json
@@ -29,6 +30,7 @@ flags.DEFINE_integer("step", None, "training step to load from a workdir (defaul
 flags.DEFINE_integer("num_images", None, "generated images (default: config.eval.num_images); FID depends on it")
 flags.DEFINE_alias("num-images", "num_images")
 flags.DEFINE_string("metrics", "", "comma list of fid, kid, pr (default: config.eval.metrics)")
+flags.DEFINE_bool("per_class", None, "a conditional generator's FID per class too (default: config.eval.per_class)")
 flags.DEFINE_string("inception_path", "", "FID Inception .npz (default: config.eval.inception_path, else "
                     "~/.cache/ganjax/inception_fid.npz)")
 flags.DEFINE_integer("batch_size", None, "images per generator/Inception call (default: config.eval.batch_size)")
@@ -67,7 +69,10 @@ def main(argv):
         config.data.data_dir = FLAGS.data_dir
     try:
         evaluator = Evaluator(config, mesh, num_images=FLAGS.num_images, metrics=FLAGS.metrics or None,
-                              inception_path=FLAGS.inception_path or None, batch_size=FLAGS.batch_size)
+                              inception_path=FLAGS.inception_path or None, batch_size=FLAGS.batch_size,
+                              per_class=FLAGS.per_class)
+        if evaluator.by_class and not G.cfg.num_classes:
+            raise ValueError("--per_class: the generator is unconditional (model.num_classes=0)")
     except (InceptionWeightsMissing, ValueError) as e:
         raise SystemExit(f"ganjax eval: {e}") from None
 

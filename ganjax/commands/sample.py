@@ -10,6 +10,10 @@ plus GANsformer's insight outputs, each written when its path is given (any comb
 PATH is an exported generator (`ganjax export`), a workdir, its checkpoints dir or one step dir. Seed s
 always gives the same image, whatever else is sampled with it (the seed scheme of ganjax/sampling.py, which
 the training loop's sample grids and the insight outputs share).
+
+A conditional generator needs --class N (every output in class N) or --class all (--out and --out_dir:
+every seed in every class, one grid row per class, files class<c>_seed<s>.png; the insight outputs then
+use class 0).
 """
 
 import os
@@ -31,6 +35,7 @@ flags.DEFINE_string("out_dir", "", "write one PNG per image here, named seed<s>.
 flags.DEFINE_alias("out-dir", "out_dir")
 flags.DEFINE_integer("cols", 0, "grid columns (0 = ceil(sqrt(number of images)))")
 flags.DEFINE_integer("batch_size", 16, "images per generator call")
+flags.DEFINE_string("class", None, "a conditional generator's class: an index, or 'all' for one grid row per class")
 flags.DEFINE_integer("step", None, "training step to load from a workdir (default: the latest)")
 flags.DEFINE_string("attention", "", "write the attention-map overlays of the seeds here (PNG)")
 flags.DEFINE_float("alpha", 0.6, "weight of the latent colours over the image in --attention (1 = colours only)")
@@ -84,21 +89,43 @@ def main(argv):
         G, variables, _ = load_generator(FLAGS.checkpoint, step=FLAGS.step)
     except CheckpointError as e:
         raise SystemExit(f"ganjax sample: {e}") from None
+    classes = _classes(G, FLAGS["class"].value)
     if FLAGS.out or FLAGS.out_dir:
-        images = sampling.generate(G, variables, seeds, psi=FLAGS.psi, noise_mode=FLAGS.noise_mode,
+        labels = None if classes is None else [c for c in classes for _ in seeds]
+        images = sampling.generate(G, variables, seeds * (1 if classes is None else len(classes)), psi=FLAGS.psi,
+                                   labels=labels, noise_mode=FLAGS.noise_mode,
                                    batch_size=min(FLAGS.batch_size, len(seeds)))
     if FLAGS.out:
-        viz.save_image_grid(images, FLAGS.out, cols=FLAGS.cols or None)
-        print(f"wrote a grid of {len(seeds)} images to {FLAGS.out}")
+        cols = FLAGS.cols or (len(seeds) if classes is not None and len(classes) > 1 else None)
+        viz.save_image_grid(images, FLAGS.out, cols=cols)
+        print(f"wrote a grid of {len(images)} images to {FLAGS.out}")
     if FLAGS.out_dir:
-        for seed, img in zip(seeds, images):
-            viz.save_png(viz.to_uint8(img), os.path.join(FLAGS.out_dir, f"seed{seed:04d}.png"))
-        print(f"wrote {len(seeds)} images to {FLAGS.out_dir}")
-    _insight_outputs(G, variables, seeds, psis)
+        for i, img in enumerate(images):
+            seed = seeds[i % len(seeds)]
+            name = f"seed{seed:04d}.png" if classes is None else f"class{classes[i // len(seeds)]}_seed{seed:04d}.png"
+            viz.save_png(viz.to_uint8(img), os.path.join(FLAGS.out_dir, name))
+        print(f"wrote {len(images)} images to {FLAGS.out_dir}")
+    _insight_outputs(G, variables, seeds, psis, None if classes is None else classes[0])
 
 
-def _insight_outputs(G, variables, seeds, psis):
-    common = dict(noise_mode=FLAGS.noise_mode, batch_size=FLAGS.batch_size)
+def _classes(G, text):
+    """None (unconditional G) or the classes to sample, from --class; errors end the command in one line."""
+    n = G.cfg.num_classes
+    if text is not None and n and text.strip().lower() == "all":
+        return list(range(n))
+    try:
+        label = None if text is None else int(text)
+    except ValueError:
+        raise SystemExit(f"ganjax sample: --class {text!r} is not a class index or 'all'") from None
+    try:
+        label = sampling.check_class(G, label)
+    except ValueError as e:
+        raise SystemExit(f"ganjax sample: --class: {e}") from None
+    return None if label is None else [label]
+
+
+def _insight_outputs(G, variables, seeds, psis, label):
+    common = dict(noise_mode=FLAGS.noise_mode, batch_size=FLAGS.batch_size, label=label)
     if FLAGS.attention:
         try:
             images, attn = insight.attention(G, variables, seeds, psi=FLAGS.psi, **common)

@@ -138,6 +138,7 @@ def build_variables(source: Source, path: str = "<source>"):
 
     from ganjax.config import base_config, validate
     from ganjax.models import ModelConfig, build_models
+    from ganjax.models.mapping import example_labels
 
     fields = infer.infer_model(source.g_ema, source.d, source.hints, path)
     config = base_config()
@@ -151,7 +152,8 @@ def build_variables(source: Source, path: str = "<source>"):
     G, D = build_models(model_cfg)
     keys = {n: jax.random.key(0) for n in ("params", "noise", "dropout", "mixing")}
     z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
-    g_shapes = jax.eval_shape(lambda: nn.meta.unbox(G.init(keys, z)))
+    labels = example_labels(model_cfg)
+    g_shapes = jax.eval_shape(lambda: nn.meta.unbox(G.init(keys, z, labels=labels)))
     g_target = {**_flat(g_shapes["params"], "params"), **_flat(g_shapes.get("buffers", {}), "buffers")}
     out = {}
     for which, tensors in (("g_ema", source.g_ema), ("g", source.g)):
@@ -164,7 +166,7 @@ def build_variables(source: Source, path: str = "<source>"):
     out["d"] = None
     if source.d is not None:
         img = jnp.zeros((1, model_cfg.resolution, model_cfg.resolution, model_cfg.num_channels), jnp.float32)
-        d_shapes = jax.eval_shape(lambda: nn.meta.unbox(D.init({"params": keys["params"]}, img)))
+        d_shapes = jax.eval_shape(lambda: nn.meta.unbox(D.init({"params": keys["params"]}, img, labels=labels)))
         mapped, unmatched = torch_names.discriminator_paths(source.d)
         flat = _fill(_flat(d_shapes["params"], "params"), mapped, unmatched, "discriminator", path)
         out["d"] = _unflatten(flat, "params")

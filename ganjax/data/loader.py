@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ganjax.data import labels as labels_lib
 from ganjax.data import prepare as prepare_lib
 
 STATE_VERSION = 1
@@ -32,8 +33,21 @@ def _image(example):
     return example["image"]
 
 
-def _mirror(image, rng: np.random.Generator):
-    return image[:, ::-1] if rng.random() < 0.5 else image
+class _Labeled:
+    """example -> (image, int32 class), the class read by data.label's reader (ganjax/data/labels.py)."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __call__(self, example):
+        return example["image"], np.int32(self.read(example))
+
+
+def _mirror(element, rng: np.random.Generator):
+    flip = rng.random() < 0.5
+    if isinstance(element, tuple):  # (image, label)
+        return (element[0][:, ::-1] if flip else element[0]), element[1]
+    return element[:, ::-1] if flip else element
 
 
 def _row_range(batch_sharding, global_shape):
@@ -61,8 +75,10 @@ def _num_batch_shards(batch_sharding) -> int:
 class Loader:
     """Infinite iterator of global batches; see the module docstring for the order of the data.
 
-    `next(loader)` -> jax.Array float32 [B, R, R, 3] in [-1, 1] with `batch_sharding`.
-    `loader.next_local()` -> this process's uint8 rows [B / num_shards, R, R, 3] (what next() would send).
+    `next(loader)` -> jax.Array float32 [B, R, R, 3] in [-1, 1] with `batch_sharding`; with a label
+    (config.data.label, `loader.labeled`) the pair (images, int32 labels [B] sharded like the images' rows).
+    `loader.next_local()` -> this process's uint8 rows [B / num_shards, R, R, 3] (what next() would send; with
+    a label, (rows, labels)).
     `loader.get_state()` / `loader.set_state(state)`: JSON-serialisable dict; exact resume.
     """
 
@@ -98,6 +114,13 @@ class Loader:
         if not builder.is_prepared():
             raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}; "
                              "run `ganjax data prepare` (or call ganjax.data.prepare(config)) first")
+        self.labeled = bool(config.data.label)
+        self.num_classes = int(config.model.num_classes)
+        if self.labeled:
+            have = labels_lib.dataset_classes(config.data.dataset, config.data.label, builder)
+            if have != self.num_classes:
+                raise ValueError(f"model.num_classes: {self.num_classes}, but the label {config.data.label!r} of "
+                                 f"{builder.info.full_name} has {have} classes")
         source = grain.MapDataset.source(builder.as_data_source(split=split))
         if config.data.max_images:  # the first N examples of the split (small-data runs, e.g. for ADA)
             source = source[: int(config.data.max_images)]
@@ -106,7 +129,8 @@ class Loader:
         self._seed = int(config.data.shuffle_seed)
         self._worker_count = int(config.data.worker_count)
 
-        ds = source.map(_image).shuffle(seed=self._seed).repeat(None)
+        element = _Labeled(labels_lib.reader(config.data.dataset, config.data.label)) if self.labeled else _image
+        ds = source.map(element).shuffle(seed=self._seed).repeat(None)
         if config.data.mirror:
             ds = ds.random_map(_mirror, seed=self._seed + 1)
         # Chunks of `local_batch` consecutive stream elements; chunk c is row block c % num_shards of
@@ -127,24 +151,35 @@ class Loader:
         # uint8 -> [-1, 1] on the devices; the min() undoes XLA's reciprocal rounding 255/127.5 up to 1+1e-7.
         self._to_float = jax.jit(lambda x: jnp.minimum(x.astype(jnp.float32) / 127.5 - 1.0, 1.0),
                                  out_shardings=batch_sharding)
+        self.label_sharding = jax.sharding.NamedSharding(batch_sharding.mesh,
+                                                         jax.sharding.PartitionSpec(*batch_sharding.spec[:1]))
 
     def __iter__(self):
         return self
 
-    def next_local(self) -> np.ndarray:
+    def next_local(self):
         start = time.perf_counter()
         rows = next(self._it)
         self.wait_seconds += time.perf_counter() - start
         self._step += 1
+        if self.labeled:
+            labels = rows[1]
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bad.any():
+                raise ValueError(f"data.label: class {int(labels[bad][0])} in {self.dataset} is outside "
+                                 f"[0, model.num_classes={self.num_classes})")
         return rows
 
-    def __next__(self) -> jax.Array:
+    def __next__(self):
         if self._simulated and (self.num_shards, self.shard_index) != (jax.process_count(), jax.process_index()):
             raise RuntimeError("a loader made with a simulated process_index/process_count only gives "
                                "next_local(); global arrays need the real process layout")
         rows = self.next_local()
-        arr = jax.make_array_from_process_local_data(self.batch_sharding, rows, self.global_shape)
-        return self._to_float(arr)
+        if not self.labeled:
+            return self._to_float(jax.make_array_from_process_local_data(self.batch_sharding, rows, self.global_shape))
+        images = jax.make_array_from_process_local_data(self.batch_sharding, rows[0], self.global_shape)
+        labels = jax.make_array_from_process_local_data(self.label_sharding, rows[1], self.global_shape[:1])
+        return self._to_float(images), labels
 
     def get_state(self) -> dict:
         state = {"version": STATE_VERSION, "step": self._step, "global_batch": self.global_shape[0],
@@ -173,6 +208,24 @@ class Loader:
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+
+
+def class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
+    """int64 [model.num_classes]: how many examples of the split (all of it, as FID's reference) hold each class
+    of config.data.label; read without decoding the images."""
+    import tensorflow_datasets as tfds
+
+    builder, split = prepare_lib.builder_and_split(config)
+    if not builder.is_prepared():
+        raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}")
+    n = int(config.model.num_classes)
+    have = labels_lib.dataset_classes(config.data.dataset, config.data.label, builder)
+    if have != n:
+        raise ValueError(f"model.num_classes: {n}, but the label {config.data.label!r} has {have} classes")
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    read = labels_lib.reader(config.data.dataset, config.data.label)
+    labels = np.fromiter((read(source[i]) for i in range(len(source))), np.int64, len(source))
+    return np.bincount(labels, minlength=n)[:n]
 
 
 def make_loader(config: ml_collections.ConfigDict, batch_sharding: jax.sharding.NamedSharding, *,

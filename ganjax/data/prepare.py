@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from ganjax.data import labels as labels_lib
 from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
 from ganjax.models.config import ModelConfig
 
@@ -28,6 +29,9 @@ def validate(config: ml_collections.ConfigDict):
         raise ValueError(f"data.split: the shapes dataset has splits 'train' and 'test' (got {d.split!r})")
     if d.dataset == "folder" and d.split != "train":
         raise ValueError(f"data.split: an image folder has one split, 'train' (got {d.split!r})")
+    problems = labels_lib.problems(d.dataset, d.label, int(config.model.num_classes))
+    if problems:
+        raise ValueError(problems[0].removeprefix("config."))
 
 
 def builder_and_split(config: ml_collections.ConfigDict):
@@ -37,11 +41,12 @@ def builder_and_split(config: ml_collections.ConfigDict):
     if d.dataset == "shapes":
         return tfds_shapes.make_builder(tfds_shapes.ShapesConfig.make(r, d.num_images), data_dir(config)), d.split
     if d.dataset == "folder":
-        return tfds_folder.make_builder(tfds_folder.FolderConfig.make(d.folder, r, d.aspect_ratio),
+        return tfds_folder.make_builder(tfds_folder.FolderConfig.make(d.folder, r, d.aspect_ratio, d.label),
                                         data_dir(config)), "train"
     # A catalog dataset: the derived, resized copy holds the configured source split as 'train'.
-    tfds_catalog.source_builder(d.dataset, data_dir(config), BUILTIN)  # unknown names fail here, early
-    cfg = tfds_catalog.CatalogConfig.make(d.dataset, d.split, r, d.aspect_ratio)
+    source = tfds_catalog.source_builder(d.dataset, data_dir(config), BUILTIN)  # unknown names fail here, early
+    classes = labels_lib.catalog_classes(source.info.features, d.label, d.dataset) if d.label else ()
+    cfg = tfds_catalog.CatalogConfig.make(d.dataset, d.split, r, d.aspect_ratio, d.label, classes)
     return tfds_catalog.make_builder(cfg, data_dir(config)), "train"
 
 

@@ -16,6 +16,7 @@ import re
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from ganjax.data import labels as labels_lib
 from ganjax.data import preprocess
 
 EXAMPLES = ("cifar10", "clevr", "lsun/bedroom", "celeb_a_hq/256", "ffhq")
@@ -86,12 +87,18 @@ class CatalogConfig(tfds.core.BuilderConfig):
     source_split: str = "train"
     resolution: int = 256
     aspect_ratio: float = 1.0
+    label: str = ""  # a ClassLabel feature of the source, kept as this dataset's 'label' ("" = none)
+    classes: tuple = ()  # its class names
 
     @classmethod
-    def make(cls, source: str, source_split: str, resolution: int, aspect_ratio: float = 1.0):
+    def make(cls, source: str, source_split: str, resolution: int, aspect_ratio: float = 1.0, label: str = "",
+             classes: tuple = ()):
         slug = re.sub(r"[^a-z0-9.]+", "_", f"{source}_{source_split}".lower()).strip("_")
-        return cls(name=f"{slug}_r{resolution}_a{aspect_ratio:g}", source=source, source_split=source_split,
-                   resolution=resolution, aspect_ratio=aspect_ratio,
+        name = f"{slug}_r{resolution}_a{aspect_ratio:g}"
+        if label:
+            name += "_" + re.sub(r"[^a-z0-9]+", "_", label.lower())
+        return cls(name=name, source=source, source_split=source_split, resolution=resolution,
+                   aspect_ratio=aspect_ratio, label=label, classes=tuple(classes),
                    description=f"{source} [{source_split}] at {resolution}x{resolution}")
 
 
@@ -107,13 +114,12 @@ class GanjaxCatalog(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        r = self.builder_config.resolution
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png")}),
-        )
+        cfg = self.builder_config
+        features = {"image": tfds.features.Image(shape=(cfg.resolution, cfg.resolution, 3), encoding_format="png")}
+        if cfg.label:
+            features[labels_lib.STORED] = tfds.features.ClassLabel(names=list(cfg.classes))
+        return tfds.core.DatasetInfo(builder=self, description=__doc__,
+                                     features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -126,15 +132,18 @@ class GanjaxCatalog(tfds.core.GeneratorBasedBuilder):
         src = src_builder.as_data_source(split=cfg.source_split)
 
         def load(i):
-            image = src[i][key]
+            example = src[i]
+            image = example[key]
             pil = PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            return preprocess.preprocess(pil, cfg.resolution, cfg.aspect_ratio)
+            out = {"image": preprocess.encode_png(preprocess.preprocess(pil, cfg.resolution, cfg.aspect_ratio))}
+            if cfg.label:
+                out[labels_lib.STORED] = int(example[cfg.label])
+            return out
 
         with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
             for start in range(0, len(src), _WINDOW):
                 idx = range(start, min(len(src), start + _WINDOW))
-                for i, image in zip(idx, pool.map(load, idx)):
-                    yield i, {"image": preprocess.encode_png(image)}
+                yield from zip(idx, pool.map(load, idx))
 
 
 def make_builder(config: CatalogConfig, data_dir=None) -> GanjaxCatalog:

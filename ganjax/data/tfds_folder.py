@@ -17,6 +17,7 @@ from absl import logging
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from ganjax.data import labels as labels_lib
 from ganjax.data import preprocess
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -39,11 +40,12 @@ def list_images(folder: str) -> list[str]:
     return files
 
 
-def fingerprint(folder: str, files: list[str]) -> str:
+def fingerprint(folder: str, files: list[str], extra: bytes = b"") -> str:
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.relpath(f, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(extra)
     return h.hexdigest()[:12]
 
 
@@ -52,16 +54,22 @@ class FolderConfig(tfds.core.BuilderConfig):
     folder: str = ""
     resolution: int = 256
     aspect_ratio: float = 1.0
+    label: str = ""  # "" (no labels) or one of labels.FOLDER_LABELS
+    classes: tuple = ()  # the class names, with a label
 
     @classmethod
-    def make(cls, folder: str, resolution: int, aspect_ratio: float = 1.0) -> "FolderConfig":
+    def make(cls, folder: str, resolution: int, aspect_ratio: float = 1.0, label: str = "") -> "FolderConfig":
         files = list_images(folder)  # checks first: abspath("") would be the working directory
         folder = os.path.abspath(folder)
         files = [os.path.abspath(f) for f in files]
+        classes = labels_lib.folder_classes(folder, files, label)[0] if label else ()
+        extra = labels_lib.labels_file_digest(folder) if label == "dataset.json" else b""
         slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder.rstrip(os.sep)).lower()).strip("_") or "root"
-        name = f"{slug}_{fingerprint(folder, files)}_r{resolution}_a{aspect_ratio:g}"
-        return cls(name=name, folder=folder, resolution=resolution, aspect_ratio=aspect_ratio,
-                   description=f"{len(files)} files from {folder}")
+        name = f"{slug}_{fingerprint(folder, files, extra)}_r{resolution}_a{aspect_ratio:g}"
+        if label:
+            name += "_" + re.sub(r"[^a-z0-9]+", "_", label.lower())
+        return cls(name=name, folder=folder, resolution=resolution, aspect_ratio=aspect_ratio, label=label,
+                   classes=classes, description=f"{len(files)} files from {folder}")
 
 
 def _load(path: str, resolution: int, aspect_ratio: float):
@@ -82,15 +90,16 @@ class GanjaxFolder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = []
 
     def _info(self) -> tfds.core.DatasetInfo:
-        r = self.builder_config.resolution
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
-                "path": tfds.features.Text(),  # relative to the folder, to trace an image back
-            }),
-        )
+        cfg = self.builder_config
+        r = cfg.resolution
+        features = {
+            "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
+            "path": tfds.features.Text(),  # relative to the folder, to trace an image back
+        }
+        if cfg.label:
+            features[labels_lib.STORED] = tfds.features.ClassLabel(names=list(cfg.classes))
+        return tfds.core.DatasetInfo(builder=self, description=__doc__,
+                                     features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -99,6 +108,7 @@ class GanjaxFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self):
         cfg = self.builder_config
         files = list_images(cfg.folder)
+        classes = labels_lib.folder_classes(cfg.folder, files, cfg.label)[1] if cfg.label else {}
         skipped = 0
         with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
             results = (r for start in range(0, len(files), _WINDOW)  # bounded: never all images in memory
@@ -110,7 +120,10 @@ class GanjaxFolder(tfds.core.GeneratorBasedBuilder):
                     skipped += 1
                     logging.warning("ganjax_folder: skipping unreadable image %s (%s)", path, error)
                     continue
-                yield rel, {"image": preprocess.encode_png(image), "path": rel}
+                example = {"image": preprocess.encode_png(image), "path": rel}
+                if cfg.label:
+                    example[labels_lib.STORED] = classes[rel]
+                yield rel, example
         if skipped:
             logging.warning("ganjax_folder: skipped %d of %d files under %s", skipped, len(files), cfg.folder)
         if skipped == len(files):

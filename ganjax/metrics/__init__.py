@@ -15,7 +15,7 @@ from ganjax.metrics.fid import feature_moments, frechet_distance
 from ganjax.metrics.inception import features as inception_features
 from ganjax.metrics.kid import kernel_inception_distance
 from ganjax.metrics.improved_precision_recall import precision_recall
-from ganjax.metrics.reference import dataset_reference_stats, reference_cache_path
+from ganjax.metrics.reference import dataset_reference_stats, exists_everywhere, reference_cache_path
 from ganjax.metrics.scores import METRICS, compute_metrics, metrics_from_features
 from ganjax.metrics.stats import FeatureStats
 from ganjax.metrics.weights import default_path as default_inception_path
@@ -27,6 +27,7 @@ __all__ = [
     "FeatureStats",
     "compute_metrics",
     "dataset_reference_stats",
+    "exists_everywhere",
     "default_inception_path",
     "default_mesh",
     "extract_features",

@@ -33,7 +33,7 @@ def reference_cache_path(config, num_images, cache_dir=None):
     return os.path.join(root, "ganjax_fid_stats", name)
 
 
-def _exists_everywhere(path):
+def exists_everywhere(path):
     """Process 0 decides whether the cache exists, so all processes take the same (collective) branch."""
     exists = np.int32(os.path.isfile(path))
     if jax.process_count() > 1:
@@ -44,7 +44,7 @@ def _exists_everywhere(path):
 def dataset_reference_stats(batches, num_images, extractor, cache_path=None):
     """FeatureStats of the real images in `batches` (see extract.extract_features), read from `cache_path` when
     present, else computed and written there by process 0. Feed un-augmented images (no mirroring)."""
-    if cache_path and _exists_everywhere(cache_path):
+    if cache_path and exists_everywhere(cache_path):
         stats = FeatureStats.load(cache_path)
         if num_images is not None and stats.num_images != num_images:
             raise ValueError(f"{cache_path}: holds {stats.num_images} images, expected {num_images}")

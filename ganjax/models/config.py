@@ -10,6 +10,7 @@ INTEGRATION = ("mul", "add", "both")
 MAPPING_NORM = ("joint", "component")
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "matmul", "xla")
+D_CMAP_LAYERS = 2  # a conditional D's fc layers after its label embedding (StyleGAN2-ADA's CIFAR-10 setting, map=2)
 
 
 def _pow2(v) -> bool:
@@ -45,6 +46,9 @@ class ModelConfig:
     mbstd_group: int = 4
     mbstd_channels: int = 1
     d_attention: bool = False  # latent aggregators in D (TF reference's --d-transformer)
+    # Class-conditional: N classes (0 = unconditional). G embeds the label into its global latent, D scores
+    # by projection onto an embedding of it (StyleGAN2-ADA); the labels come from data.label.
+    num_classes: int = 0
     compute_dtype: str = "float32"  # float32 | bfloat16 (params stay float32)
     remat: bool = False
     # auto: XLA conv for shared kernels, the matmul form for transposed / per-sample ones on CPU | matmul | xla
@@ -142,6 +146,7 @@ class ModelConfig:
             need_int(f, 1)
         need_int("num_local", 0)
         need_int("mbstd_channels", 0)
+        need_int("num_classes", 0)
         for f in ("mapping_attention", "mapping_resnet", "global_modulation", "conv_last", "fused_modconv",
                   "d_attention", "remat"):
             need_bool(f)

@@ -1,11 +1,17 @@
-"""StyleGAN2 resnet discriminator with minibatch-std, and optional attention aggregators (TF --d-transformer)."""
+"""StyleGAN2 resnet discriminator with minibatch-std, and optional attention aggregators (TF --d-transformer).
+
+Class-conditional (model.num_classes > 0), by projection as StyleGAN2-ADA's: the last fc gives a cmap_dim
+vector (cmap_dim = the 4x4 channels), the label is embedded and mapped to a vector of the same size
+(D_CMAP_LAYERS fc, at the mapping network's lr multiplier), and the logit is their dot product / sqrt(cmap_dim).
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ganjax.models.config import ModelConfig
+from ganjax.models.config import D_CMAP_LAYERS, ModelConfig
+from ganjax.models.mapping import LabelEmbedding, check_labels
 from ganjax.nn.attention import BipartiteAttention
 from ganjax.nn.layers import Conv2d, Dense, boxed_param
 from ganjax.nn.mbstd import minibatch_std
@@ -50,7 +56,7 @@ class DiscriminatorEpilogue(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, agg):
+    def __call__(self, x, agg, labels=None):
         c = self.cfg
         dtype = jnp.dtype(c.compute_dtype)
         ch = c.channels(4)
@@ -65,19 +71,26 @@ class DiscriminatorEpilogue(nn.Module):
             agg = Dense(c.w_dim, act="lrelu", axes=("embed", "mlp"), dtype=dtype, name="agg_fc")(agg)
             scores = Dense(1, axes=("mlp", None), dtype=dtype, name="agg_out")(agg)[..., 0]  # [B, T]
             x = jnp.concatenate([x, scores.astype(x.dtype)], axis=-1)
-        return Dense(1, axes=("conv_in", None), dtype=dtype, name="out")(x)[:, 0].astype(jnp.float32)
+        if c.num_classes == 0:
+            return Dense(1, axes=("conv_in", None), dtype=dtype, name="out")(x)[:, 0].astype(jnp.float32)
+        x = Dense(ch, axes=("conv_in", None), dtype=dtype, name="out")(x).astype(jnp.float32)
+        cmap = LabelEmbedding(c.num_classes, ch, dtype=dtype, name="embed")(labels)
+        for i in range(D_CMAP_LAYERS):
+            cmap = Dense(ch, act="lrelu", lrmul=c.mapping_lrmul, axes=(None, None), dtype=dtype, name=f"cmap{i}")(cmap)
+        return jnp.sum(x * cmap.astype(jnp.float32), axis=-1) * np.float32(1 / np.sqrt(ch))
 
 
 class Discriminator(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, img, train: bool = False):
-        """img [B, R, R, C] -> logits float32 [B]."""
+    def __call__(self, img, train: bool = False, labels=None):
+        """img [B, R, R, C] (labels int [B] for a conditional model) -> logits float32 [B]."""
         c = self.cfg
         r = c.resolution
         if img.ndim != 4 or img.shape[1:] != (r, r, c.num_channels):
             raise ValueError(f"discriminator: images must be [B, {r}, {r}, {c.num_channels}], got {img.shape}")
+        check_labels(c, labels, img.shape[0], "discriminator")
         dtype = jnp.dtype(c.compute_dtype)
         img = img.astype(dtype)
         agg = agg_pos = None
@@ -91,4 +104,4 @@ class Discriminator(nn.Module):
         x = None
         for res in c.block_resolutions[::-1][:-1]:
             x, agg = block_cls(c, res, train=train, name=f"b{res}")(x, img, agg, agg_pos)
-        return DiscriminatorEpilogue(c, name="b4")(x, agg)
+        return DiscriminatorEpilogue(c, name="b4")(x, agg, labels)

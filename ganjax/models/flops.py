@@ -16,6 +16,8 @@ Attention keys and latent position maps exist as parameters but never reach the 
 import dataclasses
 import math
 
+from ganjax.models.config import D_CMAP_LAYERS
+
 
 @dataclasses.dataclass
 class Layer:
@@ -51,6 +53,10 @@ def _get(cfg, name):
     return cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
 
 
+def _num_classes(cfg) -> int:
+    return int(cfg.get("num_classes", 0)) if isinstance(cfg, dict) else cfg.num_classes
+
+
 def channels(cfg, res: int) -> int:
     return int(min(_get(cfg, "channel_base") // res, _get(cfg, "channel_max")))
 
@@ -80,11 +86,13 @@ def mapping_layers(cfg) -> list[Layer]:
     MLP over each of them (4 residual layers of 2 fc + an output fc each), with optional self-attention."""
     z, w, t = _get(cfg, "z_dim"), _get(cfg, "w_dim"), _get(cfg, "num_local")
     nres = _get(cfg, "mapping_layers")
-    out = []
+    classes = _num_classes(cfg)
+    out = [_fc("mapping.embed", 1, classes, z)] if classes else []
     for branch, rows in (("global", 1), ("local", t)):
         if rows == 0:
             continue
-        dim_in = z
+        # a conditional plain stack takes the label's embedding concatenated to the global latent
+        dim_in = 2 * z if branch == "global" and classes and not _get(cfg, "mapping_resnet") else z
         for i in range(nres):
             if branch == "local" and _get(cfg, "mapping_attention"):
                 out += _attention_mapping(f"mapping.{branch}.sa{i}", t, w)
@@ -208,7 +216,15 @@ def discriminator_layers(cfg) -> list[Layer]:
     mb = _get(cfg, "mbstd_channels")
     out.append(Layer("d.b4.conv", "conv", conv2d_flops(4, 4, c + mb, c, 3), (c + mb) * c * 9 + c))
     out.append(_fc("d.b4.fc", 1, c * 16, c))
-    out.append(_fc("d.b4.out", 1, c, 1))
+    classes = _num_classes(cfg)
+    if not classes:
+        out.append(_fc("d.b4.out", 1, c, 1))
+        return out
+    # projection: the last fc to cmap_dim = c, the label embedding and its fc layers, the dot product
+    out.append(_fc("d.b4.out", 1, c, c))
+    out.append(_fc("d.b4.embed", 1, classes, c))
+    out += [_fc(f"d.b4.cmap{i}", 1, c, c) for i in range(D_CMAP_LAYERS)]
+    out.append(Layer("d.b4.projection", "fc", 2.0 * c))
     return out
 
 

@@ -1,10 +1,19 @@
-"""Mapping network: z [B, k, z_dim] -> w [B, k, w_dim] (global latent last), with w_avg tracking."""
+"""Mapping network: z [B, k, z_dim] (and class labels [B]) -> w [B, k, w_dim] (global latent last), with w_avg
+tracking.
+
+Class labels (model.num_classes > 0) condition the global latent, as the authors' PyTorch mapping does: the
+one-hot label goes through an fc embedding to z_dim and is normalised like a latent. With the plain fc stack
+(StyleGAN2) it is concatenated to the global latent (their code, and StyleGAN2-ADA's); the residual stack
+(GANsformer) needs its input as wide as its output (the authors' code fails there: its ResnetLayer asserts
+in == out), so the two are averaged instead, (g + y) / sqrt(2), which keeps the input's second moment at 1.
+"""
 
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ganjax.models.config import ModelConfig
 from ganjax.nn.attention import BipartiteAttention
@@ -59,30 +68,72 @@ class MLP(nn.Module):
         return Dense(self.dim, act="lrelu", lrmul=self.lrmul, dtype=self.dtype, name="out_layer")(x)
 
 
+def check_labels(cfg: ModelConfig, labels, batch: int, where: str):
+    """The labels a network of this config needs: int [batch] when it is conditional, None when not."""
+    if cfg.num_classes == 0:
+        if labels is not None:
+            raise ValueError(f"{where}: labels given to an unconditional model (model.num_classes=0)")
+        return
+    if labels is None:
+        raise ValueError(f"{where}: a conditional model (model.num_classes={cfg.num_classes}) needs labels [B]")
+    if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{where}: labels must be integers [{batch}], got {labels.dtype}{list(labels.shape)}")
+
+
+def example_labels(cfg: ModelConfig, batch: int = 1):
+    """Labels to initialise or trace a network of this config with: int32 zeros [batch], or None when it is
+    unconditional."""
+    return jnp.zeros((batch,), jnp.int32) if cfg.num_classes else None
+
+
+class LabelEmbedding(nn.Module):
+    """Integer labels [B] -> normalised embeddings [B, dim] (an fc on the one-hot label, then the 2nd-moment
+    normalisation of a latent)."""
+    num_classes: int
+    dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, labels):
+        onehot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+        return normalize_2nd_moment(Dense(self.dim, axes=(None, "embed"), dtype=self.dtype, name="fc")(onehot), (-1,))
+
+
 class MappingNetwork(nn.Module):
     cfg: ModelConfig
     w_avg_beta: float = 0.995
 
     @nn.compact
-    def __call__(self, z, pos=None, *, train: bool = False, update_w_avg: bool = False):
-        """z [B, k, z_dim] float32 -> w [B, k, w_dim] float32. Updates buffers/w_avg if asked."""
+    def __call__(self, z, pos=None, labels=None, *, train: bool = False, update_w_avg: bool = False):
+        """z [B, k, z_dim] float32 (labels int [B] if conditional) -> w [B, k, w_dim] float32. Updates
+        buffers/w_avg if asked."""
         c = self.cfg
         dtype = jnp.dtype(c.compute_dtype)
         if z.ndim != 3 or z.shape[1:] != (c.num_latents, c.z_dim):
             raise ValueError(f"mapping: z must be [B, {c.num_latents}, {c.z_dim}] (k = num_local + 1, z_dim), "
                              f"got {z.shape}")
+        check_labels(c, labels, z.shape[0], "mapping")
+
+        def condition(g):  # the global latent [B, 1, z_dim] with the label's embedding
+            if c.num_classes == 0:
+                return g
+            y = LabelEmbedding(c.num_classes, c.z_dim, dtype=dtype, name="embed")(labels)[:, None, :]
+            if c.mapping_resnet:
+                return (g.astype(jnp.float32) + y) * np.float32(np.sqrt(0.5))
+            return jnp.concatenate([g.astype(jnp.float32), y], axis=-1)
+
         w_avg = self.variable("buffers", "w_avg", jnp.zeros, (c.w_dim,), jnp.float32)
         mlp = dict(dim=c.w_dim, layers=c.mapping_layers, resnet=c.mapping_resnet, lrmul=c.mapping_lrmul,
                    dtype=dtype)
         if c.num_local == 0:
-            x = MLP(**mlp, name="global_mlp")(normalize_2nd_moment(z, (1, 2)))
+            x = MLP(**mlp, name="global_mlp")(condition(normalize_2nd_moment(z, (1, 2))))
         else:
             local, g = z[:, :-1], z[:, -1:]
             if c.mapping_norm == "joint":  # PyTorch reference: all local values jointly; global separately
                 local, g = normalize_2nd_moment(local, (1, 2)), normalize_2nd_moment(g, (1, 2))
             else:  # TF reference: each local latent over its own z_dim; the global one is left as it is
                 local = normalize_2nd_moment(local, (2,))
-            g = MLP(**mlp, name="global_mlp")(g)
+            g = MLP(**mlp, name="global_mlp")(condition(g))
             local = MLP(**mlp, attention=c.mapping_attention, heads=c.heads, dropout=c.attention_dropout,
                         name="mlp")(local, pos, train=train)
             x = jnp.concatenate([local, g], axis=1)

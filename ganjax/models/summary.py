@@ -7,6 +7,7 @@ from flax.core import meta
 
 from ganjax.models import build_models
 from ganjax.models.config import ModelConfig
+from ganjax.models.mapping import example_labels
 
 
 def _count(tree) -> int:
@@ -20,8 +21,9 @@ def abstract_variables(cfg: ModelConfig, batch: int = 4):
     rngs = {"params": key, "noise": key, "dropout": key, "mixing": key}
     z = jax.ShapeDtypeStruct((batch, cfg.num_latents, cfg.z_dim), jnp.float32)
     img = jax.ShapeDtypeStruct((batch, cfg.resolution, cfg.resolution, cfg.num_channels), jnp.float32)
-    gv = jax.eval_shape(lambda z: G.init(rngs, z), z)
-    dv = jax.eval_shape(lambda x: D.init({"params": key, "dropout": key}, x), img)
+    labels = example_labels(cfg, batch)
+    gv = jax.eval_shape(lambda z: G.init(rngs, z, labels=labels), z)
+    dv = jax.eval_shape(lambda x: D.init({"params": key, "dropout": key}, x, labels=labels), img)
     return gv, dv
 
 

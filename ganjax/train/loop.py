@@ -13,6 +13,7 @@ import shutil
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -62,24 +63,32 @@ class _SampleGrids:
     """G_ema on seeds 0 .. train.sample_grid - 1 (ganjax/sampling.py's seed scheme; const noise, no
     truncation) as PNG grids in workdir/samples and TensorBoard images, with the attention overlays of the
     first four where G has attention; every train.sample_every_kimg, at step 0 and at the end. Grid image j
-    is `ganjax sample --seeds j` of the same G_ema. Every process calls it (the images are gathered);
-    process 0 writes."""
+    is `ganjax sample --seeds j` of the same G_ema. A conditional G's grid has one row per class, seeds
+    0 .. max(4, ceil(sample_grid / num_classes)) - 1 in the columns (`ganjax sample --class all`). Every process
+    calls it (the images are gathered); process 0 writes."""
 
     def __init__(self, tr: setup.Training, workdir: str, writer: MetricWriter, is_main: bool):
         t, mc = tr.config.train, tr.model_cfg
         self.batch, self.is_main, self.writer = int(t.batch_size), is_main, writer
         self.every = intervals.images(t.sample_every_kimg, "train.sample_every_kimg")
         self.dir = os.path.join(workdir, "samples")
-        self.grid = int(t.sample_grid)
         self.last = -1
-        z, _ = sampling.seed_latents(range(self.grid), mc.num_latents, mc.z_dim)
+        classes = mc.num_classes
+        self.cols = max(4, -(-int(t.sample_grid) // classes)) if classes else None
+        seeds = range(self.cols if classes else int(t.sample_grid))
+        z, _ = sampling.seed_latents(seeds, mc.num_latents, mc.z_dim)
+        labels = None
+        if classes:  # row c: the seeds in class c
+            z, labels = jnp.tile(z, (classes, 1, 1)), jnp.repeat(jnp.arange(classes, dtype=jnp.int32), self.cols)
         shardings, replicated, G = tr.state_shardings, parallel.replicated(tr.mesh), tr.G
         self._fn = jax.jit(
-            lambda p, b, z: G.apply({"params": p, "buffers": b}, z, noise_mode="const"),
-            in_shardings=(shardings.g_ema_params, shardings.g_ema_buffers, replicated), out_shardings=replicated)
-        self.z = z
+            lambda p, b, z, y: G.apply({"params": p, "buffers": b}, z, noise_mode="const", labels=y),
+            in_shardings=(shardings.g_ema_params, shardings.g_ema_buffers, replicated, replicated),
+            out_shardings=replicated)
+        self.z, self.labels = z, labels
         # TensorBoard also shows which latent owns which region, for the first samples of the grid.
-        self._overlays = insight.AttentionSnapshot(G, tr.mesh, z[:4]) if insight.has_attention(mc) else None
+        self._overlays = (insight.AttentionSnapshot(G, tr.mesh, z[:4], labels=None if labels is None else labels[:4])
+                          if insight.has_attention(mc) else None)
 
     def due(self, step: int) -> bool:
         """After iteration `step` - 1 ran (step iterations done)."""
@@ -87,12 +96,12 @@ class _SampleGrids:
 
     def __call__(self, step: int, state):
         self.last = step
-        images = np.asarray(self._fn(state.g_ema_params, state.g_ema_buffers, self.z).addressable_data(0))
+        images = np.asarray(self._fn(state.g_ema_params, state.g_ema_buffers, self.z, self.labels).addressable_data(0))
         attention = (self._overlays(state.g_ema_params, state.g_ema_buffers)
                      if self._overlays is not None else None)
         if self.is_main:
             # Named by kimg with 3 decimals: grids less than 1 kimg apart get distinct files.
-            grid = viz.image_grid(images)
+            grid = viz.image_grid(images, self.cols)
             viz.save_png(grid, os.path.join(self.dir, f"fakes{step * self.batch / 1000:010.3f}.png"))
             self.writer.image(step, "samples/fakes", grid)
             if attention is not None:
@@ -124,10 +133,11 @@ class _LogWindow:
             print(f"compiled the {name} training step in {seconds:.1f} s", flush=True)
 
     def next_batch(self, loader):
+        """(reals, labels) of the next batch; labels is None unless the data is labelled (data.label)."""
         t0 = time.time()
-        reals = next(loader)
+        batch = next(loader)
         self.data_wait += time.time() - t0
-        return reals
+        return batch if loader.labeled else (batch, None)
 
     def add(self, metrics):
         self.steps += 1
@@ -296,12 +306,12 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
         if start >= total_steps:
             print(f"already at step {start} >= {total_steps} (total_kimg {t.total_kimg:g}); nothing to do", flush=True)
         for step in range(start, total_steps):
-            reals = window.next_batch(loader)
+            reals, labels = window.next_batch(loader)
             if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)
                 _save_reals(reals, int(t.sample_grid), workdir, is_main)
                 if samples is not None:
                     samples(0, state)
-            state, metrics = tr.train_step(state, reals, step)
+            state, metrics = tr.train_step(state, reals, step, labels)
             done = step + 1
             window.add(metrics)
             _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)

@@ -53,11 +53,24 @@ def abstract_reals(tr) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=tr.batch_sharding)
 
 
+def abstract_labels(tr) -> tuple:
+    """(the global batch's labels,) as the loader delivers them for a conditional model, else ()."""
+    if not tr.model_cfg.num_classes:
+        return ()
+    sharding = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(*tr.batch_sharding.spec[:1]))
+    return (jax.ShapeDtypeStruct((int(tr.config.train.batch_size),), jnp.int32, sharding=sharding),)
+
+
+def batch_args(tr) -> tuple:
+    """The train step's arguments after the state: the reals (and their labels, for a conditional model)."""
+    return (abstract_reals(tr),) + abstract_labels(tr)
+
+
 def iteration_programs(tr) -> list[Program]:
     """The loop's iteration variants, each with the fraction of iterations that run it."""
-    state, reals = tr.abstract_state(), abstract_reals(tr)
+    args = (tr.abstract_state(),) + batch_args(tr)
     step = tr.train_step
-    return [Program(variant_name(v), "iteration", w, step.variant(v), (state, reals), firing=v)
+    return [Program(variant_name(v), "iteration", w, step.variant(v), args, firing=v)
             for v, w in step.cfg.variant_weights().items()]
 
 
@@ -69,19 +82,21 @@ def phase_programs(tr) -> list[Program]:
     it = Iteration(tr.G, tr.D, tr.g_opt, tr.d_opt, cfg,
                    param_shardings=gathered_param_shardings(tr.config, tr.state_shardings))
     z_shape = (cfg.batch_size, tr.model_cfg.num_latents, tr.model_cfg.z_dim)
-    args = (tr.abstract_state(), abstract_reals(tr))
+    args = (tr.abstract_state(),) + batch_args(tr)
     out = []
     for phase in cfg.running:
-        def program(st, reals, phase=phase):
+        def program(st, reals, *labels, phase=phase):
             key = jax.random.wrap_key_data(st.rng)
             k_next, k_z, k_phase = jax.random.split(key, 3)
             inputs = {"z": {phase.name: jax.random.normal(k_z, z_shape, jnp.float32)}, "reals": reals}
+            if labels:
+                inputs["labels"] = labels[0]
             live, opt_states = live_values(st, cfg), opt_states_of(st)
             it.optimizer_step((phase,), {phase.name: k_phase}, inputs, live, opt_states)
             return st.replace(**{k: live[k] for k in LIVE}, **{OPT_STATES[n]: s for n, s in opt_states.items()},
                               rng=jax.random.key_data(k_next))
 
-        jitted = jax.jit(program, in_shardings=(tr.state_shardings, tr.batch_sharding),
+        jitted = jax.jit(program, in_shardings=(tr.state_shardings,) + tuple(a.sharding for a in args[1:]),
                          out_shardings=tr.state_shardings, donate_argnums=0)
         out.append(Program(phase.name, "phase", phase.rate, jitted, args))
     return out
@@ -99,5 +114,8 @@ def sample_program(tr, batch_size: int) -> Program:
     replicated = parallel.replicated(tr.mesh)
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
     fn = image_generator(tr.G, batch, sharding, psi=1.0)
+    # a conditional G also takes the class frequencies its fakes' classes are drawn from
+    logits = (jax.ShapeDtypeStruct((tr.model_cfg.num_classes,), jnp.float32, sharding=replicated),
+              ) if tr.model_cfg.num_classes else ()
     return Program(f"sample[{batch}]", "sample", 0.0, fn,
-                   (state.g_ema_params, state.g_ema_buffers, scalar(jnp.int32), scalar(jnp.int32)))
+                   (state.g_ema_params, state.g_ema_buffers, scalar(jnp.int32), scalar(jnp.int32)) + logits)

@@ -16,7 +16,8 @@ whether it runs, read from the config fields that turn it on).
 A phase function computes, for one micro-batch, `(grads of its network, metrics, state updates)`:
     fn(it, key, inputs, live) -> (grads, metrics, updates)
 `it` is the ganjax.train.step.Iteration (G, D and their helpers for the strategy), `inputs` the
-micro-batch {'z': ..., 'reals': ...}, `live` the current {'g_params', 'g_buffers', 'd_params',
+micro-batch {'z': ..., 'reals': ...} (and 'labels' for a conditional model: G's fakes and D's reals take the
+same labels, row by row), `live` the current {'g_params', 'g_buffers', 'd_params',
 'pl_mean', 'augment'} (after earlier phases' updates) and 'hparams' (hyper-parameters at this iteration: read a
 config value that can ramp with `it.value(name, live)`), `updates` a dict of new values for keys of `live` other than
 the params (G's w_avg buffers, the path-length mean). Metrics and updates must be linear in the batch mean,
@@ -83,14 +84,15 @@ def g_main(it, key, inputs, live):
     """G's adversarial loss on D's logits of fresh fakes (and, for a paired loss, of the reals); updates
     w_avg."""
     k_g, k_d = jax.random.split(it.device_key(key))
+    labels = inputs.get("labels")
     real_logits = None
     if it.cfg.loss in losses.PAIRED:  # D's logits of the reals do not depend on G: no gradient through them
         real_logits = jax.lax.stop_gradient(it.discriminate(live["d_params"], inputs["reals"],
-                                                            jax.random.fold_in(k_d, 1), live))
+                                                            jax.random.fold_in(k_d, 1), live, labels))
 
     def loss_fn(gp):
-        img, buffers = it.generate(gp, live["g_buffers"], inputs["z"], k_g, update_w_avg=True)
-        logits = it.discriminate(live["d_params"], img, k_d, live)
+        img, buffers = it.generate(gp, live["g_buffers"], inputs["z"], k_g, update_w_avg=True, labels=labels)
+        logits = it.discriminate(live["d_params"], img, k_d, live, labels)
         return jnp.mean(losses.g_adv_loss(it.cfg.loss, logits, real_logits)), (buffers, logits)
 
     (loss, (buffers, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["g_params"])
@@ -102,13 +104,15 @@ def g_main(it, key, inputs, live):
 def g_pl(it, key, inputs, live):
     """Path-length regularisation of G (lazy, on batch / pl_batch_shrink latents)."""
     k_map, k_syn, k_pl = jax.random.split(it.device_key(key), 3)
-    z = inputs["z"][: inputs["z"].shape[0] // it.cfg.pl_batch_shrink]
+    n = inputs["z"].shape[0] // it.cfg.pl_batch_shrink
+    z = inputs["z"][:n]
+    labels = None if inputs.get("labels") is None else inputs["labels"][:n]
     pl_mean = live["pl_mean"]
 
     def loss_fn(gp):
         v = {"params": it.compute_params(gp, "G"), "buffers": live["g_buffers"]}
         ws = it.G.apply(v, z, train=True, style_mixing_prob=it.cfg.style_mixing_prob, method="mapping",
-                        rngs=it.g_rngs(k_map))
+                        labels=labels, rngs=it.g_rngs(k_map))
         synth = lambda w: it.G.apply(v, w, noise_mode=it.cfg.noise_mode, train=True, method="synthesis",
                                      rngs=it.g_rngs(k_syn))
         lengths = losses.path_lengths(synth, ws, k_pl)
@@ -125,12 +129,13 @@ def g_pl(it, key, inputs, live):
 def d_main(it, key, inputs, live):
     """D's adversarial loss on fresh fakes (no gradient into G) and the reals."""
     k_g, k_fake, k_real = jax.random.split(it.device_key(key), 3)
-    fakes, _ = it.generate(live["g_params"], live["g_buffers"], inputs["z"], k_g, update_w_avg=False)
+    labels = inputs.get("labels")
+    fakes, _ = it.generate(live["g_params"], live["g_buffers"], inputs["z"], k_g, update_w_avg=False, labels=labels)
     fakes = jax.lax.stop_gradient(fakes)
 
     def loss_fn(dp):
-        fake_logits = it.discriminate(dp, fakes, k_fake, live)
-        real_logits = it.discriminate(dp, inputs["reals"], k_real, live)
+        fake_logits = it.discriminate(dp, fakes, k_fake, live, labels)
+        real_logits = it.discriminate(dp, inputs["reals"], k_real, live, labels)
         terms = losses.d_adv_loss(it.cfg.loss, real_logits, fake_logits)
         return functools.reduce(operator.add, map(jnp.mean, terms)), (real_logits, fake_logits)
 
@@ -145,7 +150,8 @@ def d_r1(it, key, inputs, live):
     k = it.device_key(key)
 
     def loss_fn(dp):
-        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k, live), inputs["reals"])
+        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k, live, inputs.get("labels")),
+                                          inputs["reals"])
         return jnp.mean(penalty) * (it.value("r1_gamma", live) / 2) * it.cfg.interval("d_r1"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])
@@ -156,11 +162,12 @@ def d_r2(it, key, inputs, live):
     """R2: gamma/2 |grad_x D(x)|^2 at fresh fakes, which get no gradient into G (lazy, or every step with
     interval 1)."""
     k_g, k_d = jax.random.split(it.device_key(key))
-    fakes, _ = it.generate(live["g_params"], live["g_buffers"], inputs["z"], k_g, update_w_avg=False)
+    labels = inputs.get("labels")
+    fakes, _ = it.generate(live["g_params"], live["g_buffers"], inputs["z"], k_g, update_w_avg=False, labels=labels)
     fakes = jax.lax.stop_gradient(fakes)
 
     def loss_fn(dp):
-        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k_d, live), fakes)
+        penalty = losses.gradient_penalty(lambda x: it.discriminate(dp, x, k_d, live, labels), fakes)
         return jnp.mean(penalty) * (it.value("r2_gamma", live) / 2) * it.cfg.interval("d_r2"), jnp.mean(penalty)
 
     (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(live["d_params"])

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ganjax.models.mapping import example_labels
 from ganjax.train import recipe
 from ganjax.train.ramps import Ramps
 
@@ -64,9 +65,10 @@ def init_state_boxed(G, D, g_opt, d_opt, model_cfg, key, augment=None) -> TrainS
     """
     k_g, k_d, k_noise, k_drop, k_mix, k_state = jax.random.split(key, 6)
     z = jnp.zeros((1, model_cfg.num_latents, model_cfg.z_dim), jnp.float32)
-    g_vars = G.init({"params": k_g, "noise": k_noise, "dropout": k_drop, "mixing": k_mix}, z)
+    labels = example_labels(model_cfg)
+    g_vars = G.init({"params": k_g, "noise": k_noise, "dropout": k_drop, "mixing": k_mix}, z, labels=labels)
     img = jnp.zeros((1, model_cfg.resolution, model_cfg.resolution, model_cfg.num_channels), jnp.float32)
-    d_vars = D.init({"params": k_d, "dropout": k_drop}, img)
+    d_vars = D.init({"params": k_d, "dropout": k_drop}, img, labels=labels)
     g_params, g_buffers, d_params = g_vars["params"], g_vars.get("buffers", {}), d_vars["params"]
     return TrainState(
         g_params=g_params,

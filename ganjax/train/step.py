@@ -56,6 +56,11 @@ class StepConfig:
     phases: tuple[Phase, ...]
     ramps: Ramps
     augment: AugmentConfig
+    num_classes: int = 0  # > 0: a conditional model, and the step takes the batch's labels too
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
@@ -70,7 +75,8 @@ class StepConfig:
             pl_weight=float(t.pl_weight),
             pl_decay=float(t.pl_decay), pl_batch_shrink=int(t.pl_batch_shrink), grad_accum=int(t.grad_accum),
             ema_kimg=float(t.ema_kimg), ema_rampup=float(t.ema_rampup), phases=recipe(t),
-            ramps=Ramps.from_config(t), augment=AugmentConfig.from_config(config.augment))
+            ramps=Ramps.from_config(t), augment=AugmentConfig.from_config(config.augment),
+            num_classes=int(config.model.num_classes))
 
     @property
     def running(self) -> tuple[Phase, ...]:
@@ -167,20 +173,24 @@ class Iteration:
         k_noise, k_drop, k_mix = jax.random.split(key, 3)
         return {"noise": k_noise, "dropout": k_drop, "mixing": k_mix}
 
-    def generate(self, g_params, g_buffers, z, key, update_w_avg):
+    def generate(self, g_params, g_buffers, z, key, update_w_avg, labels=None):
+        """G's images of latents z (conditioned on labels [B] for a conditional model), and with update_w_avg
+        its new buffers."""
         kwargs = dict(train=True, noise_mode=self.cfg.noise_mode, style_mixing_prob=self.cfg.style_mixing_prob,
-                      rngs=self.g_rngs(key))
+                      rngs=self.g_rngs(key), labels=labels)
         variables = {"params": self.compute_params(g_params, "G"), "buffers": g_buffers}
         if update_w_avg:
             img, updates = self.G.apply(variables, z, update_w_avg=True, mutable=["buffers"], **kwargs)
             return img, updates["buffers"]
         return self.G.apply(variables, z, **kwargs), None
 
-    def discriminate(self, d_params, img, key, live):
-        """D's logits of img, augmented first when augmentation is on (every D evaluation: ganjax/augment/)."""
+    def discriminate(self, d_params, img, key, live, labels=None):
+        """D's logits of img (given labels [B] for a conditional model), augmented first when augmentation is
+        on (every D evaluation: ganjax/augment/)."""
         if self.cfg.augment.on:
             img = self.cfg.augment(img, jax.random.fold_in(key, AUGMENT_STREAM), live["augment"])
-        return self.D.apply({"params": self.compute_params(d_params, "D")}, img, train=True, rngs={"dropout": key})
+        return self.D.apply({"params": self.compute_params(d_params, "D")}, img, train=True, labels=labels,
+                            rngs={"dropout": key})
 
     # -- one phase, one update --
     def run_phase(self, phase: Phase, key, batched: dict, live: dict):
@@ -211,10 +221,14 @@ class Iteration:
         """Phases of one network at the same parameters (recipe.optimizer_steps; usually one) and one optimizer
         step on the sum of their gradients: updates `live` and `opt_states` (dicts keyed as live_values /
         opt_states_of) in place; returns ({phase: grads}, metrics). `inputs` holds the batch ('reals') and
-        each phase's latents ({'z': {phase: z}}), `keys` each phase's key."""
+        each phase's latents ({'z': {phase: z}}) and, for a conditional model, the batch's 'labels' (every phase
+        gets them: G is conditioned on the real batch's labels, a draw from the data's classes), `keys` each
+        phase's key."""
         grads, metrics = {}, {}
         for phase in phases:
             batched = {k: inputs["z"][phase.name] if k == "z" else inputs[k] for k in phase.spec.inputs}
+            if "labels" in inputs:
+                batched["labels"] = inputs["labels"]
             grads[phase.name], m, updates = self.run_phase(phase, keys[phase.name], batched, live)
             live.update(updates)
             metrics.update(m)
@@ -225,9 +239,9 @@ class Iteration:
         return grads, metrics
 
     # -- the iteration --
-    def __call__(self, state: TrainState, reals, zs: dict, key, firing: tuple[str, ...]):
-        """One iteration on (this device's part of) the batch, with the lazy phases in `firing`; returns (new
-        state, metrics).
+    def __call__(self, state: TrainState, reals, zs: dict, key, firing: tuple[str, ...], labels=None):
+        """One iteration on (this device's part of) the batch (and its labels, for a conditional model), with
+        the lazy phases in `firing`; returns (new state, metrics).
 
         state.rng and state.step are advanced by the caller. A non-finite loss or gradient anywhere in
         the iteration discards the whole update (params, buffers, optimizer states, EMA) and counts a skip.
@@ -244,7 +258,8 @@ class Iteration:
         finite = []
         running = tuple(p for p in self.cfg.running if not p.spec.lazy or p.name in firing)
         for phases in optimizer_steps(running):
-            grads, m = self.optimizer_step(phases, keys, {"z": zs, "reals": reals}, live, opt_states)
+            inputs = {"z": zs, "reals": reals} if labels is None else {"z": zs, "reals": reals, "labels": labels}
+            grads, m = self.optimizer_step(phases, keys, inputs, live, opt_states)
             for name, g in grads.items():
                 finite.append(_all_finite(g))
                 metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
@@ -294,16 +309,22 @@ class TrainStep:
             self._cache[key] = self.build(key)
         return self._cache[key]
 
-    def __call__(self, state, reals, step: int):
-        """Runs iteration number `step` (a host int: which lazy phases run is decided without a sync)."""
+    def __call__(self, state, reals, step: int, labels=None):
+        """Runs iteration number `step` (a host int: which lazy phases run is decided without a sync), on the
+        batch `reals` and, for a conditional model, its `labels`."""
+        if self.cfg.conditional != (labels is not None):
+            raise ValueError(f"train step: a {'conditional' if self.cfg.conditional else 'unconditional'} model "
+                             f"(model.num_classes={self.cfg.num_classes}) was given "
+                             f"{'no labels' if labels is None else 'labels'}")
+        args = (state, reals) if labels is None else (state, reals, labels)
         key = self.cfg.fires(step)
         if key not in self._compiled:
             t0 = time.perf_counter()
-            self._compiled[key] = self.variant(key).lower(state, reals).compile()
+            self._compiled[key] = self.variant(key).lower(*args).compile()
             barrier(f"ganjax.train_step.{variant_name(key)}")
             if self.on_compiled is not None:
                 self.on_compiled(variant_name(key), time.perf_counter() - t0)
-        return self._compiled[key](state, reals)
+        return self._compiled[key](*args)
 
 
 def gathered_param_shardings(config, state_shardings):
@@ -353,8 +374,10 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
         iteration = Iteration(G, D, g_opt, d_opt, cfg,
                               param_shardings=gathered_param_shardings(config, state_shardings))
 
+    label_sharding = NamedSharding(mesh, bspec)
+
     def build(firing):
-        def step_fn(state: TrainState, reals):
+        def step_fn(state: TrainState, reals, *labels):  # labels: (int32 [B],) for a conditional model, else ()
             key = jax.random.wrap_key_data(state.rng)
             k_next, k_z, k_iter = jax.random.split(key, 3)
             # A fresh latent batch for each phase that takes one, from its stream (recipe.stream).
@@ -365,19 +388,20 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
             zs = jax.lax.with_sharding_constraint(zs, NamedSharding(mesh, bspec))
             if strategy == "shard_map":
                 body = jax.shard_map(
-                    lambda s, r, z, kk: iteration(s, r, z, kk, firing),
-                    mesh=mesh, in_specs=(PartitionSpec(), bspec, bspec, PartitionSpec()),
+                    lambda s, r, z, kk, *y: iteration(s, r, z, kk, firing, *y),
+                    mesh=mesh, in_specs=(PartitionSpec(), bspec, bspec, PartitionSpec()) + (bspec,) * len(labels),
                     out_specs=(PartitionSpec(), PartitionSpec()),
                     # Without varying-value tracking, grads w.r.t. the replicated params stay per-device
                     # (no implicit psum in the transpose): the program averages them itself, pmap-style.
                     check_vma=False)
-                new, metrics = body(state, reals, zs, k_iter)
+                new, metrics = body(state, reals, zs, k_iter, *labels)
             else:
-                new, metrics = iteration(state, reals, zs, k_iter, firing)
+                new, metrics = iteration(state, reals, zs, k_iter, firing, *labels)
             new = new.replace(step=state.step + 1, rng=jax.random.key_data(k_next))
             return new, metrics
 
-        return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+        labels_in = (label_sharding,) if cfg.conditional else ()
+        return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding) + labels_in,
                        out_shardings=(state_shardings, replicated), donate_argnums=0)
 
     return TrainStep(cfg=cfg, build=build)

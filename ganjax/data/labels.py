@@ -1,0 +1,133 @@
+"""Class labels for conditional training: which label `data.label` names for each dataset kind, how many
+classes it has, and how an example's label is read.
+
+- shapes (the embedded scenes): a label derived from the metadata every scene is stored with, so nothing
+  is re-rendered: 'num_objects' (2..8 objects -> classes 0..6), 'front_shape' (the nearest object's
+  shape, scenes.SHAPES) or 'front_color' (its colour, scenes.COLORS).
+- folder: 'subfolders' (every image lies under a top-level sub-folder; the sorted sub-folder names are the
+  classes) or 'dataset.json' (a flat or any folder with StyleGAN2-ADA's labels file at its root,
+  {"labels": [["relative/path.png", class_index], ...]}, one entry per image).
+- a TFDS catalog dataset: the name of one of its ClassLabel features (e.g. 'label' for cifar10).
+The folder and catalog builders store the label as their own 'label' feature (a ClassLabel with the
+class names), so a prepared dataset says how many classes it has.
+"""
+
+import json
+import os
+
+from ganjax.data import scenes
+
+STORED = "label"  # the feature a folder or catalog dataset keeps its label in
+_SCENES = scenes.SceneSpec()  # the object range the shapes dataset is rendered with (ShapesConfig.make)
+SHAPES_LABELS = {  # name -> (number of classes, example -> class)
+    "num_objects": (_SCENES.max_objects - _SCENES.min_objects + 1, lambda ex: ex["num_objects"] - _SCENES.min_objects),
+    "front_shape": (len(scenes.SHAPES), lambda ex: ex["shape"][-1]),  # slot -1 is the nearest object
+    "front_color": (len(scenes.COLORS), lambda ex: ex["color"][-1]),
+}
+FOLDER_LABELS = ("subfolders", "dataset.json")
+
+
+def problems(dataset: str, label: str, num_classes: int) -> list[str]:
+    """What is wrong with (data.dataset, data.label, model.num_classes), as far as no file is needed."""
+    if not label and num_classes == 0:
+        return []
+    if not label:
+        return [f"config.data.label: model.num_classes={num_classes} makes the model conditional, but no label "
+                f"is named; set data.label ({_allowed(dataset)}) or model.num_classes=0"]
+    if num_classes == 0:
+        return [f"config.model.num_classes: data.label={label!r} asks for labels, but the model is unconditional "
+                f"(0 classes); set model.num_classes to the label's class count"]
+    if dataset == "shapes":
+        if label not in SHAPES_LABELS:
+            return [f"config.data.label: {label!r} is not a label of the shapes dataset ({_allowed(dataset)})"]
+        count = SHAPES_LABELS[label][0]
+        if num_classes != count:
+            return [f"config.model.num_classes: {num_classes}, but the shapes label {label!r} has {count} classes"]
+    elif dataset == "folder" and label not in FOLDER_LABELS:
+        return [f"config.data.label: {label!r} is not a folder label ({_allowed(dataset)})"]
+    return []
+
+
+def _allowed(dataset: str) -> str:
+    if dataset == "shapes":
+        return "one of " + ", ".join(repr(n) for n in SHAPES_LABELS)
+    if dataset == "folder":
+        return "one of " + ", ".join(repr(n) for n in FOLDER_LABELS)
+    return "a ClassLabel feature of the dataset, e.g. 'label'"
+
+
+def reader(dataset: str, label: str):
+    """example -> int class of a prepared dataset's examples."""
+    if dataset == "shapes":
+        return SHAPES_LABELS[label][1]
+    return lambda ex: ex[STORED]
+
+
+def dataset_classes(dataset: str, label: str, builder) -> int:
+    """The number of classes of the label in a prepared builder."""
+    if dataset == "shapes":
+        return SHAPES_LABELS[label][0]
+    features = builder.info.features
+    if STORED not in features.keys():
+        raise ValueError(f"data.label: the prepared dataset {builder.info.full_name} has no {STORED!r} feature")
+    return int(features[STORED].num_classes)
+
+
+# -- folders -----------------------------------------------------------------------------------------------
+
+def folder_classes(folder: str, files: list[str], label: str) -> tuple[tuple[str, ...], dict[str, int]]:
+    """(class names, {relative path: class}) of the images `files` under `folder`; errors name the file."""
+    rel = [os.path.relpath(f, folder) for f in files]
+    if label == "subfolders":
+        top = [r.split(os.sep)[0] if os.sep in r else None for r in rel]
+        loose = [r for r, t in zip(rel, top) if t is None]
+        if loose:
+            raise ValueError(f"data.label: 'subfolders' needs every image in a class sub-folder of {folder!r}; "
+                             f"{len(loose)} lie at its top level (e.g. {loose[0]!r}); move them, or label them "
+                             f"with a dataset.json and data.label='dataset.json'")
+        names = tuple(sorted(set(top)))
+        index = {n: i for i, n in enumerate(names)}
+        return names, {r: index[t] for r, t in zip(rel, top)}
+    if label == "dataset.json":
+        path = os.path.join(folder, "dataset.json")
+        try:
+            with open(path) as f:
+                entries = json.load(f)["labels"]
+            table = {os.path.normpath(p): int(c) for p, c in entries}
+        except FileNotFoundError:
+            raise ValueError(f"data.label: 'dataset.json' names a labels file, but {path} does not exist") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"data.label: {path} is not a labels file "
+                             f'{{"labels": [["path", class], ...]}} ({type(e).__name__}: {e})') from None
+        missing = [r for r in rel if r not in table]
+        if missing:
+            raise ValueError(f"data.label: {path} has no label for {len(missing)} image(s), e.g. {missing[0]!r}")
+        labels = {r: table[r] for r in rel}
+        if min(labels.values()) < 0:
+            bad = min(labels, key=labels.get)
+            raise ValueError(f"data.label: {path} gives {bad!r} the negative class {labels[bad]}")
+        return tuple(str(i) for i in range(max(labels.values()) + 1)), labels
+    raise ValueError(f"data.label: {label!r} is not a folder label ({_allowed('folder')})")
+
+
+def labels_file_digest(folder: str) -> bytes:
+    """The bytes of the folder's dataset.json (empty when there is none), for the dataset's fingerprint."""
+    try:
+        with open(os.path.join(folder, "dataset.json"), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+# -- catalog datasets --------------------------------------------------------------------------------------
+
+def catalog_classes(features, label: str, name: str) -> tuple[str, ...]:
+    """The class names of a catalog dataset's ClassLabel feature `label`."""
+    import tensorflow_datasets as tfds
+
+    found = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
+    feature = features[label] if label in features else None
+    if not isinstance(feature, tfds.features.ClassLabel):
+        have = f"its ClassLabel features: {', '.join(found)}" if found else "it has no ClassLabel feature"
+        raise ValueError(f"data.label: {label!r} is not a class label of {name!r} ({have})")
+    return tuple(feature.names)
