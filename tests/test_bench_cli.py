@@ -57,6 +57,14 @@ def test_bench_command_runs_on_a_tiny_config(tmp_path):
     assert (tmp_path / "bench.md").exists() and (tmp_path / "bench.jsonl").exists()
 
 
+def test_bench_runs_a_conditional_config_and_its_phases(tmp_path):
+    """A class-conditional model: the step variants and each phase take the batch's labels too."""
+    recs, _ = _bench(tmp_path, "--config.model.num_classes=4", "--config.data.label=front_shape", "--steps", "1",
+                     "--warmup", "0", "--json")
+    (rec,) = recs
+    assert set(rec["phases"]) == {"g_main", "d_main", "d_r1"} and rec["iteration"]["median_s"] > 0
+
+
 @pytest.mark.slow
 def test_bench_command_times_every_phase_and_the_r1_variant(tmp_path):
     (rec,), _ = _bench(tmp_path, "--steps", "1", "--warmup", "0", "--json")

@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import PIL.Image
 import pytest
 from jax.sharding import AxisType, NamedSharding
@@ -44,9 +45,14 @@ def init(cfg, batch=4):
     return G, D, gv, dv, z, img, labels
 
 
-@pytest.mark.parametrize("family", ["gansformer", "stylegan2"])
+FAMILIES = {"gansformer": {}, "stylegan2": STYLEGAN2,
+            # CLEVR style: the global latent reaches no synthesis layer, so the label must reach the local ones
+            "gansformer-clevr": dict(global_modulation=False, mapping_attention=False)}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_label_changes_g_and_d_and_the_layer_walk_counts_its_params(family):
-    cfg = tiny_model(**(STYLEGAN2 if family == "stylegan2" else {}))
+    cfg = tiny_model(**FAMILIES[family])
     G, D, gv, dv, z, img, labels = init(cfg)
     other = (labels + 1) % cfg.num_classes
     a = G.apply(gv, z, labels=labels, noise_mode="const")
@@ -58,6 +64,10 @@ def test_a_label_changes_g_and_d_and_the_layer_walk_counts_its_params(family):
                                rtol=0, atol=1e-5 * scale)
     la, lb = D.apply(dv, img, labels=labels), D.apply(dv, img, labels=other)
     assert la.shape == (4,) and np.all(np.abs(np.asarray(la - lb)) > 1e-6 * float(jnp.max(jnp.abs(la))))
+    # the label embedding gets a gradient through the images (a 16-kimg run once left it at its init)
+    grad = jax.grad(lambda p: jnp.sum(G.apply({**gv, "params": p}, z, labels=labels, noise_mode="const") ** 2))(
+        gv["params"])["mapping_network"]["embed"]["fc"]["weight"]
+    assert float(jnp.max(jnp.abs(nn.meta.unbox(grad)))) > 0
     n_params = sum(x.size for x in jax.tree.leaves(gv["params"])) + sum(x.size for x in jax.tree.leaves(dv["params"]))
     assert n_params == flops.param_count(flops.generator_layers(cfg)) + flops.param_count(flops.discriminator_layers(cfg))
 

@@ -179,6 +179,20 @@ def test_catalog_dataset_is_prepared_and_resized(tmp_path):
     assert next(data.make_loader(c, NamedSharding(mesh, P("data")))).shape == (8, 16, 16, 3)
 
 
+def test_catalog_class_labels_are_kept_for_conditional_training(tmp_path):
+    c = catalog_config("ganjax_test_catalog", tmp_path)
+    c.data.label, c.model.num_classes, c.train.batch_size = "label", 3, 24
+    data.prepare(c)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,), devices=jax.devices()[:1])
+    rows, labels = data.make_loader(c, NamedSharding(mesh, P("data")), process_index=0, process_count=1).next_local()
+    # image i has colour (10 i, 255 - 10 i, 128) and label i % 3 (the stand-in's generator)
+    np.testing.assert_array_equal(labels, np.round(rows[:, 8, 8, 0] / 10).astype(int) % 3)
+    np.testing.assert_array_equal(data.class_counts(c), [8, 8, 8])
+    c.data.label = "image"
+    with pytest.raises(ValueError, match="'image' is not a class label of 'ganjax_test_catalog'.*: label"):
+        data.builder_and_split(c)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
 def test_catalog_dataset_that_needs_tensorflow_names_the_extra(tmp_path):
     with pytest.raises(RuntimeError, match=r"needs TensorFlow.*pip install 'ganjax\[tf\]'"):

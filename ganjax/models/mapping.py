@@ -1,11 +1,15 @@
 """Mapping network: z [B, k, z_dim] (and class labels [B]) -> w [B, k, w_dim] (global latent last), with w_avg
 tracking.
 
-Class labels (model.num_classes > 0) condition the global latent, as the authors' PyTorch mapping does: the
-one-hot label goes through an fc embedding to z_dim and is normalised like a latent. With the plain fc stack
-(StyleGAN2) it is concatenated to the global latent (their code, and StyleGAN2-ADA's); the residual stack
-(GANsformer) needs its input as wide as its output (the authors' code fails there: its ResnetLayer asserts
-in == out), so the two are averaged instead, (g + y) / sqrt(2), which keeps the input's second moment at 1.
+Class labels (model.num_classes > 0): the one-hot label goes through an fc embedding to z_dim and is
+normalised like a latent (y). The global latent takes it as the authors' PyTorch mapping does: with the plain
+fc stack (StyleGAN2) concatenated (their code, and StyleGAN2-ADA's); the residual stack (GANsformer) needs its
+input as wide as its output (the authors' code fails there: its ResnetLayer asserts in == out), so the two
+are averaged instead, (g + y) / sqrt(2), which keeps the input's second moment at 1. Each local latent is
+averaged with y too, which the authors' code does not do: without global modulation (the CLEVR-style
+configs) the global latent reaches no layer of the synthesis, and a label on it alone changed nothing (a
+16-kimg shapes32 run's G left its embedding exactly at its initial value); the local latents are what
+place and colour the objects.
 """
 
 from typing import Any
@@ -114,28 +118,30 @@ class MappingNetwork(nn.Module):
                              f"got {z.shape}")
         check_labels(c, labels, z.shape[0], "mapping")
 
-        def condition(g):  # the global latent [B, 1, z_dim] with the label's embedding
-            if c.num_classes == 0:
-                return g
-            y = LabelEmbedding(c.num_classes, c.z_dim, dtype=dtype, name="embed")(labels)[:, None, :]
-            if c.mapping_resnet:
-                return (g.astype(jnp.float32) + y) * np.float32(np.sqrt(0.5))
-            return jnp.concatenate([g.astype(jnp.float32), y], axis=-1)
+        y = (LabelEmbedding(c.num_classes, c.z_dim, dtype=dtype, name="embed")(labels)[:, None, :]
+             if c.num_classes else None)
+
+        def condition(v, concatenate: bool):  # latents [B, n, z_dim] with the label's embedding
+            if y is None:
+                return v
+            if concatenate:
+                return jnp.concatenate([v.astype(jnp.float32), jnp.broadcast_to(y, v.shape[:2] + y.shape[2:])], -1)
+            return (v.astype(jnp.float32) + y) * np.float32(np.sqrt(0.5))
 
         w_avg = self.variable("buffers", "w_avg", jnp.zeros, (c.w_dim,), jnp.float32)
         mlp = dict(dim=c.w_dim, layers=c.mapping_layers, resnet=c.mapping_resnet, lrmul=c.mapping_lrmul,
                    dtype=dtype)
         if c.num_local == 0:
-            x = MLP(**mlp, name="global_mlp")(condition(normalize_2nd_moment(z, (1, 2))))
+            x = MLP(**mlp, name="global_mlp")(condition(normalize_2nd_moment(z, (1, 2)), not c.mapping_resnet))
         else:
             local, g = z[:, :-1], z[:, -1:]
             if c.mapping_norm == "joint":  # PyTorch reference: all local values jointly; global separately
                 local, g = normalize_2nd_moment(local, (1, 2)), normalize_2nd_moment(g, (1, 2))
             else:  # TF reference: each local latent over its own z_dim; the global one is left as it is
                 local = normalize_2nd_moment(local, (2,))
-            g = MLP(**mlp, name="global_mlp")(condition(g))
+            g = MLP(**mlp, name="global_mlp")(condition(g, not c.mapping_resnet))
             local = MLP(**mlp, attention=c.mapping_attention, heads=c.heads, dropout=c.attention_dropout,
-                        name="mlp")(local, pos, train=train)
+                        name="mlp")(condition(local, False), pos, train=train)
             x = jnp.concatenate([local, g], axis=1)
         x = x.astype(jnp.float32)
         if update_w_avg:

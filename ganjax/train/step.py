@@ -124,6 +124,11 @@ def _accumulate(fn, n: int, key, batched):
     return jax.tree.map(lambda t: t / n, total)
 
 
+def _labels_kw(labels) -> dict:
+    """The labels keyword of a conditional model's apply; none at all for an unconditional one."""
+    return {} if labels is None else {"labels": labels}
+
+
 def _all_finite(tree):
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -177,7 +182,7 @@ class Iteration:
         """G's images of latents z (conditioned on labels [B] for a conditional model), and with update_w_avg
         its new buffers."""
         kwargs = dict(train=True, noise_mode=self.cfg.noise_mode, style_mixing_prob=self.cfg.style_mixing_prob,
-                      rngs=self.g_rngs(key), labels=labels)
+                      rngs=self.g_rngs(key), **_labels_kw(labels))
         variables = {"params": self.compute_params(g_params, "G"), "buffers": g_buffers}
         if update_w_avg:
             img, updates = self.G.apply(variables, z, update_w_avg=True, mutable=["buffers"], **kwargs)
@@ -189,8 +194,8 @@ class Iteration:
         on (every D evaluation: ganjax/augment/)."""
         if self.cfg.augment.on:
             img = self.cfg.augment(img, jax.random.fold_in(key, AUGMENT_STREAM), live["augment"])
-        return self.D.apply({"params": self.compute_params(d_params, "D")}, img, train=True, labels=labels,
-                            rngs={"dropout": key})
+        return self.D.apply({"params": self.compute_params(d_params, "D")}, img, train=True, rngs={"dropout": key},
+                            **_labels_kw(labels))
 
     # -- one phase, one update --
     def run_phase(self, phase: Phase, key, batched: dict, live: dict):
