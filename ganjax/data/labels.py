@@ -13,16 +13,32 @@ class names), so a prepared dataset says how many classes it has.
 """
 
 import json
+import operator
 import os
 
 from ganjax.data import scenes
 
 STORED = "label"  # the feature a folder or catalog dataset keeps its label in
 _SCENES = scenes.SceneSpec()  # the object range the shapes dataset is rendered with (ShapesConfig.make)
+
+
+# Module-level readers (not lambdas): Grain's worker processes (data.worker_count) pickle them.
+def _num_objects(ex):
+    return ex["num_objects"] - _SCENES.min_objects
+
+
+def _front_shape(ex):
+    return ex["shape"][-1]  # objects are stored back to front: slot -1 is the nearest
+
+
+def _front_color(ex):
+    return ex["color"][-1]
+
+
 SHAPES_LABELS = {  # name -> (number of classes, example -> class)
-    "num_objects": (_SCENES.max_objects - _SCENES.min_objects + 1, lambda ex: ex["num_objects"] - _SCENES.min_objects),
-    "front_shape": (len(scenes.SHAPES), lambda ex: ex["shape"][-1]),  # slot -1 is the nearest object
-    "front_color": (len(scenes.COLORS), lambda ex: ex["color"][-1]),
+    "num_objects": (_SCENES.max_objects - _SCENES.min_objects + 1, _num_objects),
+    "front_shape": (len(scenes.SHAPES), _front_shape),
+    "front_color": (len(scenes.COLORS), _front_color),
 }
 FOLDER_LABELS = ("subfolders", "dataset.json")
 
@@ -60,7 +76,7 @@ def reader(dataset: str, label: str):
     """example -> int class of a prepared dataset's examples."""
     if dataset == "shapes":
         return SHAPES_LABELS[label][1]
-    return lambda ex: ex[STORED]
+    return operator.itemgetter(STORED)
 
 
 def dataset_classes(dataset: str, label: str, builder) -> int:
