@@ -245,8 +245,9 @@ def test_evaluation_draws_classes_from_the_data_frequencies():
 
 
 def test_conditional_step_matches_across_strategies_and_micro_batches():
-    """The same 2 steps (R1 every step) of a conditional GAN on 1 device, on 8 devices (dp; shard_map) and
-    with 2 micro-batches: G's fakes and D's reals see the same labels row by row everywhere."""
+    """The same 2 steps (R1 every step) of a conditional GAN on 1 device, on 8 devices (shard_map; data x fsdp
+    x tensor parallel, 2x2x2) and with 2 micro-batches: G's fakes and D's reals see the same labels row by row
+    everywhere."""
     def conditional(*layout, **train):
         c = tiny_config(*layout, **deterministic(r1_interval=1, **train))
         c.model.num_classes, c.data.label = 4, "front_shape"
@@ -254,6 +255,7 @@ def test_conditional_step_matches_across_strategies_and_micro_batches():
 
     _, ref, ref_metrics, _ = run_steps(conditional("dp"), jax.devices()[:1], 2)
     for name, c, devices in [("shard_map", conditional("shard_map", -1, 1, 1), jax.devices()),
+                             ("fsdp_tp", conditional("fsdp_tp", 2, 2, 2), jax.devices()),
                              ("dp+accum", conditional("dp", -1, 1, 1, grad_accum=2), jax.devices())]:
         _, state, metrics, _ = run_steps(c, devices, 2)
         for a, b in zip(ref_metrics, metrics):
