@@ -244,12 +244,13 @@ def test_evaluation_draws_classes_from_the_data_frequencies():
     np.testing.assert_allclose(images, ref, rtol=0, atol=1e-5 * float(np.max(np.abs(ref))))
 
 
-def test_conditional_step_matches_across_strategies_and_micro_batches():
-    """The same 2 steps (R1 every step) of a conditional GAN on 1 device, on 8 devices (shard_map; data x fsdp
-    x tensor parallel, 2x2x2) and with 2 micro-batches: G's fakes and D's reals see the same labels row by row
-    everywhere."""
-    def conditional(*layout, **train):
-        c = tiny_config(*layout, **deterministic(r1_interval=1, **train))
+def test_conditional_relativistic_step_matches_across_strategies_and_micro_batches():
+    """The same 2 steps of a conditional GAN with the relativistic loss and R1 + R2 every step on 1 device, on 8
+    devices (shard_map; data x fsdp x tensor parallel, 2x2x2) and with 2 micro-batches: G's fakes and D's reals
+    see the same labels, and fake i meets real i, row by row everywhere."""
+    def conditional(*layout, **train):  # R3GAN's loss: relativistic pairs, R1 and R2 every step
+        c = tiny_config(*layout, **deterministic(r1_interval=1, loss="relativistic", r2_gamma=0.5, r2_interval=1,
+                                                 **train))
         c.model.num_classes, c.data.label = 4, "front_shape"
         return c
 
