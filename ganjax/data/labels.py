@@ -79,6 +79,15 @@ def reader(dataset: str, label: str):
     return operator.itemgetter(STORED)
 
 
+def check_class_count(config, builder):
+    """model.num_classes must be the class count of data.label in the prepared `builder` (an error naming both)."""
+    d, n = config.data, int(config.model.num_classes)
+    have = dataset_classes(d.dataset, d.label, builder)
+    if have != n:
+        raise ValueError(f"model.num_classes: {n}, but the label {d.label!r} of {builder.info.full_name} has "
+                         f"{have} classes")
+
+
 def dataset_classes(dataset: str, label: str, builder) -> int:
     """The number of classes of the label in a prepared builder."""
     if dataset == "shapes":

@@ -117,10 +117,7 @@ class Loader:
         self.labeled = bool(config.data.label)
         self.num_classes = int(config.model.num_classes)
         if self.labeled:
-            have = labels_lib.dataset_classes(config.data.dataset, config.data.label, builder)
-            if have != self.num_classes:
-                raise ValueError(f"model.num_classes: {self.num_classes}, but the label {config.data.label!r} of "
-                                 f"{builder.info.full_name} has {have} classes")
+            labels_lib.check_class_count(config, builder)
         source = grain.MapDataset.source(builder.as_data_source(split=split))
         if config.data.max_images:  # the first N examples of the split (small-data runs, e.g. for ADA)
             source = source[: int(config.data.max_images)]
@@ -218,10 +215,8 @@ def class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
     builder, split = prepare_lib.builder_and_split(config)
     if not builder.is_prepared():
         raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}")
+    labels_lib.check_class_count(config, builder)
     n = int(config.model.num_classes)
-    have = labels_lib.dataset_classes(config.data.dataset, config.data.label, builder)
-    if have != n:
-        raise ValueError(f"model.num_classes: {n}, but the label {config.data.label!r} has {have} classes")
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     read = labels_lib.reader(config.data.dataset, config.data.label)
     labels = np.fromiter((read(source[i]) for i in range(len(source))), np.int64, len(source))
