@@ -50,7 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     t = c.train = ml_collections.ConfigDict()
     t.batch_size = 32  # global batch
-    t.total_kimg = 10000.0  # float: tiny runs and tests use fractions of a kimg
+    # The run's length: exactly one of these four > 0 (ganjax/train/length.py). total_kimg is a float (tiny
+    # runs and tests use fractions of a kimg); a compute budget (the cost meter's cumulative training PFLOPs,
+    # its device-hours, or money at price_per_device_hour) needs total_kimg = 0.
+    t.total_kimg = 10000.0
+    t.total_pflops = 0.0
+    t.total_device_hours = 0.0
+    t.total_cost = 0.0
     t.loss = "logistic"  # logistic (non-saturating) | hinge | relativistic (R3GAN's pairing: fake i vs real i)
     t.lr_g = 0.002
     t.lr_d = 0.002
@@ -118,7 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     k.async_save = True
 
     e = c.eval = ml_collections.ConfigDict()
-    e.every_kimg = 0.0  # 0 = no periodic evaluation
+    # Evaluation is due every every_kimg, every every_pflops of training compute, at the fractions at_fractions
+    # of the run's length (a comma list, e.g. "0.25,0.5,1": with a compute budget every run of a sweep is scored
+    # at the same compute), and at the last step; all 0 / "" = no periodic evaluation
+    e.every_kimg = 0.0
+    e.every_pflops = 0.0
+    e.at_fractions = ""
     e.num_images = 10000
     e.metrics = "fid"  # comma list of fid, kid, pr
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
@@ -242,7 +253,10 @@ _RULES = {
     "data.prefetch": _int(0),
     "data.worker_count": _int(0),
     "train.batch_size": _int(1),
-    "train.total_kimg": _number(0, lo_open=True),
+    "train.total_kimg": _number(0),
+    "train.total_pflops": _number(0),
+    "train.total_device_hours": _number(0),
+    "train.total_cost": _number(0),
     "train.loss": _one_of_module("ganjax.train.losses", "LOSSES"),
     "train.lr_g": _number(0, lo_open=True),
     "train.lr_d": _number(0, lo_open=True),
@@ -285,6 +299,8 @@ _RULES = {
     "checkpoint.every_kimg": _number(0),
     "checkpoint.keep": _int(1),
     "eval.every_kimg": _number(0),
+    "eval.every_pflops": _number(0),
+    "eval.at_fractions": _parsed_by("ganjax.train.length", "parse_fractions"),
     "eval.num_images": _int(2),
     "eval.metrics": _comma_subset("fid", "kid", "pr"),
     "eval.batch_size": _int(1),
@@ -374,6 +390,7 @@ def _cross_field_problems(c, num_devices):
         problems.append(f"config.train.pl_batch_shrink: {t.pl_batch_shrink} does not divide the micro-batch {micro}")
 
     problems += _ramp_problems(t)
+    problems += importlib.import_module("ganjax.train.length").problems(c)
 
     p = c.parallel
     mesh_problems, mesh = _mesh_problems(p, micro, num_devices)

@@ -28,7 +28,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax import metrics as metrics_lib
 from ganjax import sampling
-from ganjax.train import intervals
 from ganjax.metrics.scores import parse_metrics
 
 
@@ -230,27 +229,17 @@ def image_generator(G, batch: int, sharding, psi: float = 1.0):
 
 
 class PeriodicEvaluation:
-    """Training-loop hook (`hook(step, state, metrics)`): every config.eval.every_kimg and at the last step,
-    scores G_ema and returns {"fid": ..., ..., "eval/num_images": N, "eval/seconds": ...} for the loop to log;
-    the Checkpointer reads "fid" from the logged history to keep the best checkpoint. Other steps: None."""
+    """The training loop's evaluation: scores G_ema and returns {"fid": ..., ..., "eval/num_images": N,
+    "eval/seconds": ...} for the loop to log, at the steps ganjax/train/length.py's EvalSchedule names; the
+    Checkpointer reads "fid" from the logged history to keep the best checkpoint."""
 
     def __init__(self, config, G, mesh, stop=None):
         self.G = G
         self.stop = stop  # checked between batches (Evaluator.__call__): a preemption abandons the evaluation
         self.seed = int(config.seed)
-        self.batch = int(config.train.batch_size)
-        self.every_images = intervals.images(config.eval.every_kimg, "eval.every_kimg")
-        self.total_steps = max(1, math.ceil(float(config.train.total_kimg) * 1000 / self.batch))
         self.evaluator = Evaluator(config, mesh)  # loads the Inception now: a missing file stops the run early
 
-    def due(self, step: int) -> bool:
-        return step > 0 and (intervals.crossed(step - 1, step, self.batch, self.every_images)
-                             or step == self.total_steps)
-
-    def __call__(self, step, state, metrics):
-        del metrics
-        if not self.due(int(step)):
-            return None
+    def __call__(self, state):
         start = time.time()
         scores = self.evaluator(self.G, state.g_ema_params, state.g_ema_buffers, seed=self.seed, stop=self.stop)
         return {**scores, "eval/num_images": self.evaluator.num_images, "eval/seconds": time.time() - start}

@@ -102,14 +102,6 @@ def test_scores_do_not_depend_on_the_device_count(workdir, standin):
     assert eight(G, variables["params"], variables["buffers"], seed=2)["fid"] != s8["fid"]
 
 
-def test_periodic_evaluation_is_due_on_interval_crossings_and_the_last_step(workdir, standin):
-    config = eval_config(workdir)
-    config.train.batch_size, config.train.total_kimg = 8, 0.1  # 13 steps
-    config.eval.every_kimg = 0.04  # every 5 steps
-    hook = evaluate.PeriodicEvaluation(config, None, None)
-    assert [s for s in range(1, 14) if hook.due(s)] == [5, 10, 13]
-
-
 def test_missing_weights_name_the_convert_command(tmp_path):
     with pytest.raises(evaluate.InceptionWeightsMissing, match="ganjax convert inception --out .*nope.npz"):
         evaluate.load_inception_params(str(tmp_path / "nope.npz"))

@@ -121,3 +121,52 @@ def test_consecutive_non_finite_steps_stop_the_run(tmp_path, compile_cache, monk
     c.train.max_consecutive_skips = 3
     with pytest.raises(loop.TrainingStopped, match=r"3 consecutive iterations had a non-finite"):
         loop.train(c, str(tmp_path / "run"))
+
+
+class _StepScore:
+    """Stands in for PeriodicEvaluation (no Inception here): a 'fid' that names the step it scored."""
+
+    def __init__(self, config, G, mesh):
+        del config, G, mesh
+        self.stop = None
+
+    def __call__(self, state):
+        return {"fid": float(jax.device_get(state.step))}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
+def test_a_compute_budget_run_stops_at_its_budget_and_resumes_to_the_same_end(tmp_path, compile_cache, monkeypatch):
+    from ganjax.models import ModelConfig
+    from ganjax.train.cost import train_flops_per_image
+
+    monkeypatch.setattr(loop, "PeriodicEvaluation", _StepScore)
+    c = run_config(tmp_path, steps=1)
+    t = c.train
+    t.r1_interval = 0  # one step program to compile
+    one_step = t.batch_size * train_flops_per_image(ModelConfig.from_config(c.model), t) / 1e15
+    t.total_kimg, t.total_pflops = 0.0, 5.5 * one_step  # the 6th step reaches it
+    c.eval.at_fractions = "0.5,1"  # 2.75 steps -> step 3; step 6
+    c.checkpoint.every_kimg = 0.008  # every step, so the interrupted run leaves step 2
+    runs = {}
+    for name in ("whole", "resumed"):
+        workdir = str(tmp_path / name)
+        if name == "resumed":
+            def interrupt(step, state, metrics):
+                if step == 3:
+                    raise _Interrupted
+            with pytest.raises(_Interrupted):
+                loop.train(c, workdir, hooks=(interrupt,))
+        final = loop.train(c, workdir)
+        records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()]
+        runs[name] = final, records
+    for name, (final, records) in runs.items():
+        assert records[-1]["step"] == 6, name
+        assert records[-1]["compute/pflops"] == pytest.approx(6 * one_step, rel=1e-9)
+        assert records[-1]["compute/pflops"] >= t.total_pflops > 5 * one_step
+        assert [(r["step"], r["fid"]) for r in records if "fid" in r] == [(3, 3.0), (6, 6.0)], name
+    a, b = (runs[k][0] for k in runs)
+    assert a["D/loss"] == b["D/loss"] and a["G/loss"] == b["G/loss"]  # the resume continued exactly

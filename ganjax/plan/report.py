@@ -60,12 +60,12 @@ def markdown(rec: dict) -> str:
                   f"on the slice), MFU {100 * it['mfu_ceiling']:.1f}% (analytic {it['analytic_flops'] / 1e12:.4g} "
                   f"TFLOP per chip per iteration, XLA {it['flops'] / 1e12:.4g}).", ""]
         cost = rec["cost"]
-        lines.append(f"Cost of {cost['total_kimg']:g} kimg ({cost['steps']:,} iterations):")
+        lines.append(f"Cost of {cost['length']}:")
         for key, label in (("roofline", "at the roofline"), ("assumed_mfu", f"at MFU {cost['assume_mfu']:g} (assumed)")):
             k = cost[key]
             money = (f", {k['cost']:,.0f} at {cost['price_per_chip_hour']:g} per chip-hour" if k["cost"] is not None
                      else " (no price given: --price or config.train.price_per_device_hour)")
-            lines.append(f"- {label}: {_ms(k['step_s'])}/iteration, {k['wall_hours']:,.1f} h wall, "
+            lines.append(f"- {label}: {k['steps']:,} iterations of {_ms(k['step_s'])}, {k['wall_hours']:,.1f} h wall, "
                          f"{k['chip_hours']:,.0f} chip-hours{money}")
     lines += ["", f"Compile time, all programs: {rec['compile_s']:.0f} s on this host. Chip constants: {chip['source']}."]
     return "\n".join(lines) + "\n"

@@ -11,8 +11,8 @@ Per chip, for each program the loop runs:
   unit runs at its peak. The compiler's own `optimal_seconds` is shown beside it.
 - The amortised iteration weights the iteration variants by how often the loop runs them.
 - Ceilings implied by the roofline: img/s per chip and MFU (analytic model FLOPs / (roofline time x peak)).
-- Cost of config.train.total_kimg: chip-hours (and money at a given price per chip-hour) at the roofline
-  rate and at an assumed MFU (bench.assume_mfu).
+- Cost of the run's length (train.total_kimg or a budget, ganjax/train/length.py): chip-hours (and money at a
+  given price per chip-hour) at the roofline rate and at an assumed MFU (bench.assume_mfu).
 All chip constants come from ganjax/hardware.py.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 from ganjax import hardware
 from ganjax.models.flops import model_flops
 from ganjax.train import cost
+from ganjax.train.length import RunLength
 
 TERMS = ("compute", "hbm", "comm")
 
@@ -135,12 +136,15 @@ def plan_record(tr, slice_name: str, compiled: list, usable_hbm: float, *, assum
 
 def run_cost(config, chips: int, roofline_step_s: float, assumed_step_s: float, assume_mfu: float,
              price_per_chip_hour: float) -> dict:
-    """Chip-hours (and money, with a price) of config.train.total_kimg at two step times."""
-    steps = math.ceil(float(config.train.total_kimg) * 1000 / int(config.train.batch_size))
-    out = {"total_kimg": float(config.train.total_kimg), "steps": steps, "assume_mfu": assume_mfu,
-           "price_per_chip_hour": price_per_chip_hour or None}
+    """Chip-hours (and money, with a price) of the run's length (ganjax/train/length.py) at two step times:
+    a kimg length or a compute budget is a known step count; a device-hours or money budget is the chip
+    time itself, in which the step time sets how many iterations fit."""
+    length = RunLength(config)
+    out = {"length": length.describe(), "assume_mfu": assume_mfu, "price_per_chip_hour": price_per_chip_hour or None}
     for key, step_s in (("roofline", roofline_step_s), ("assumed_mfu", assumed_step_s)):
+        steps = (length.total_steps if not length.wall_clock
+                 else max(1, int(length.budget_seconds / chips / step_s)))
         hours = steps * step_s / 3600
-        out[key] = {"step_s": step_s, "wall_hours": hours, "chip_hours": hours * chips,
+        out[key] = {"step_s": step_s, "steps": steps, "wall_hours": hours, "chip_hours": hours * chips,
                     "cost": hours * chips * price_per_chip_hour if price_per_chip_hour else None}
     return out

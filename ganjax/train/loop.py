@@ -1,4 +1,5 @@
-"""The training loop: `train(config, workdir)` runs to config.train.total_kimg, resuming from the workdir.
+"""The training loop: `train(config, workdir)` runs for the config's length (train.total_kimg, or a compute
+budget: ganjax/train/length.py), resuming from the workdir.
 
 Per step the host only dispatches work: the jitted step runs asynchronously and its metrics stay on the
 devices until a log step fetches them all at once (one sync per log_every steps). The one per-step read is
@@ -7,7 +8,6 @@ not drain the dispatch queue.
 """
 
 import json
-import math
 import os
 import shutil
 import time
@@ -25,6 +25,7 @@ from ganjax.config import validate
 from ganjax.evaluate import EvaluationAbandoned, PeriodicEvaluation
 from ganjax.train import intervals, setup
 from ganjax.train.cost import CostMeter
+from ganjax.train.length import EvalSchedule, RunLength
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
 from ganjax.train.workdir_lock import WorkdirLock
@@ -114,12 +115,12 @@ class _LogWindow:
     spent compiling (or loading) step programs are logged apart (compile_time) and counted by the cost meter
     (the devices are held then too)."""
 
-    def __init__(self, config, meter: CostMeter, writer: MetricWriter, history: list, total_steps: int,
+    def __init__(self, config, meter: CostMeter, writer: MetricWriter, history: list, length: RunLength,
                  is_main: bool):
         t = config.train
-        self.batch, self.total_kimg, self.log_every = int(t.batch_size), float(t.total_kimg), int(t.log_every)
-        self.meter, self.writer, self.history, self.total_steps, self.is_main = (
-            meter, writer, history, total_steps, is_main)
+        self.batch, self.log_every = int(t.batch_size), int(t.log_every)
+        self.meter, self.writer, self.history, self.length, self.is_main = meter, writer, history, length, is_main
+        self._agreed_seconds = meter.device_seconds
         self.lrs = {f"lr/{w}": adam_hparams(t, w)["lr"] for w in ("g", "d")}
         self.run_start = time.time()
         self._reset()
@@ -143,8 +144,21 @@ class _LogWindow:
         self.steps += 1
         self.pending.append(metrics)
 
-    def due(self, done: int, extra: dict) -> bool:
-        return done % self.log_every == 0 or done == self.total_steps or bool(extra)
+    def device_seconds(self, done: int) -> float:
+        """The cost meter's device-seconds now, for a wall-clock length (else unused: 0). Several processes
+        must agree on it (it ends the run), so there it is process 0's clock, shared at every log_every-th
+        step (a collective all processes make at the same steps) and held in between."""
+        if not self.length.wall_clock:
+            return 0.0
+        now = self.meter.device_seconds + (time.time() - self.start) * self.meter.num_devices
+        if jax.process_count() == 1:
+            return now
+        if done % self.log_every == 0:
+            self._agreed_seconds = float(multihost_utils.broadcast_one_to_all(np.float64(now)))
+        return self._agreed_seconds
+
+    def due(self, done: int, extra: dict, final: bool) -> bool:
+        return done % self.log_every == 0 or final or bool(extra)
 
     def log(self, done: int, extra: dict) -> dict:
         now = time.time()
@@ -163,9 +177,15 @@ class _LogWindow:
         self.writer.scalars(done, logged)
         self.history.append({"step": done, **logged})
         if self.is_main:
-            eta = (self.total_steps - done) * logged["step_time"]
-            print(f"step {done}/{self.total_steps} kimg {kimg:.2f}/{self.total_kimg:g} "
-                  f"({100 * done / self.total_steps:.0f}%) | G {logged.get('G/loss', float('nan')):.3f} "
+            n = self.length
+            progress = n.progress(done, self.meter.device_seconds)
+            if n.total_steps is not None:
+                where = f"step {done}/{n.total_steps} kimg {kimg:.2f}"
+                eta = (n.total_steps - done) * logged["step_time"]
+            else:
+                where = f"step {done} kimg {kimg:.2f}"
+                eta = (n.budget_seconds - self.meter.device_seconds) / self.meter.num_devices
+            print(f"{where} ({100 * progress:.0f}% of {n.describe()}) | G {logged.get('G/loss', float('nan')):.3f} "
                   f"D {logged.get('D/loss', float('nan')):.3f} | {logged['img_per_sec']:.1f} img/s "
                   f"{logged['sec_per_kimg']:.1f} s/kimg | skipped {int(logged['skipped'])} | "
                   f"ETA {_fmt_duration(eta)}", flush=True)
@@ -232,10 +252,10 @@ def _check_skips(prev_metrics, done: int, limit: int, ckpt: Checkpointer):
             f"them and the last checkpoint (step {ckpt.latest_step()}) is intact")
 
 
-def _save_and_exit(ckpt: Checkpointer, window, done: int, state, loader, history, last) -> dict:
+def _save_and_exit(ckpt: Checkpointer, window, done: int, final: bool, state, loader, history, last) -> dict:
     """The preemption exit: the log line due at this step (so the metric history stays whole across the
     resume), then a committed save of this step; returns the last logged metrics."""
-    if window.due(done, {}):
+    if window.due(done, {}, final):
         last = window.log(done, {})
     seconds = ckpt.save_for_preemption(done, state, loader, history)
     logging.warning("preemption: step %d committed %.1f s after the notice; exiting", done, seconds)
@@ -253,7 +273,7 @@ def _run_hooks(hooks, done: int, state, metrics) -> dict:
 
 
 def train(config, workdir: str, *, fresh: bool = False, hooks=(), resume_step: int | None = None) -> dict:
-    """Train to config.train.total_kimg; returns the last logged metrics.
+    """Train for the config's length (ganjax/train/length.py); returns the last logged metrics.
 
     Resumes from workdir/checkpoints unless `fresh` (which deletes the workdir's previous checkpoints,
     metrics, TensorBoard events and samples). `hooks`: callables hook(step, state, metrics) run after every
@@ -280,10 +300,10 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     t = config.train
     mesh = parallel.make_mesh(config)
     tr = setup.build(config, mesh)
-    # FID etc. every eval.every_kimg and at the last step. Built first: it loads the Inception weights, so a
-    # missing file stops the run before anything else starts.
-    evaluation = PeriodicEvaluation(config, tr.G, mesh) if float(config.eval.every_kimg) > 0 else None
-    hooks = (*hooks, evaluation) if evaluation is not None else hooks
+    length = RunLength(config)
+    # FID etc. as EvalSchedule says (every eval.every_kimg / every_pflops, at_fractions, the last step). Built
+    # first: it loads the Inception weights, so a missing file stops the run before anything else starts.
+    evaluation = PeriodicEvaluation(config, tr.G, mesh) if EvalSchedule.enabled(config) else None
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
@@ -292,20 +312,23 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     state, history = _restore(ckpt, tr, loader, resume_step)
     _write_config(config, workdir, is_main)
     start = int(jax.device_get(state.step))
-    total_steps = max(1, math.ceil(float(t.total_kimg) * 1000 / int(t.batch_size)))
     # Cumulative FLOPs, device-seconds and cost, continued across restarts from the last logged record.
     meter = CostMeter(tr.model_cfg, t, num_devices=mesh.size,
                       device_seconds=next((h["compute/device_seconds"] for h in reversed(history)
                                            if "compute/device_seconds" in h), 0.0))
+    schedule = EvalSchedule(config, length, meter.device_seconds)
     writer = MetricWriter(workdir, enabled=is_main, start_step=start)
     samples = _SampleGrids(tr, workdir, writer, is_main) if t.sample_every_kimg > 0 else None
-    window = _LogWindow(config, meter, writer, history, total_steps, is_main)
+    window = _LogWindow(config, meter, writer, history, length, is_main)
     tr.train_step.on_compiled = window.on_compiled
     last, prev_metrics = {}, None
+    step = start
+    finished = length.finished(start, meter.device_seconds)
     try:
-        if start >= total_steps:
-            print(f"already at step {start} >= {total_steps} (total_kimg {t.total_kimg:g}); nothing to do", flush=True)
-        for step in range(start, total_steps):
+        if finished:
+            print(f"already at step {start}, the end of the run's length ({length.describe()}); nothing to do",
+                  flush=True)
+        while not finished:
             reals, labels = window.next_batch(loader)
             if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)
                 _save_reals(reals, int(t.sample_grid), workdir, is_main)
@@ -316,24 +339,29 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
             window.add(metrics)
             _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
             prev_metrics = metrics
+            seconds = window.device_seconds(done)
+            finished = length.finished(done, seconds)
             # Preemption first: save and exit before evaluation and sample grids, which a resume does not need
             # (a preempted VM gives ~30 s from SIGTERM to SIGKILL). A log line due at this step is still
             # written (one fetch of the window's metrics), so the metric history stays whole across the resume.
             if ckpt.preemption_requested(done):
-                return _save_and_exit(ckpt, window, done, state, loader, history, last)
-            try:
-                extra = _run_hooks(hooks, done, state, metrics)
-            except EvaluationAbandoned:  # SIGTERM during an evaluation: its result is not needed to resume
-                print(f"preemption: abandoned the evaluation of step {done}", flush=True)
-                return _save_and_exit(ckpt, window, done, state, loader, history, last)
-            if window.due(done, extra):
+                return _save_and_exit(ckpt, window, done, finished, state, loader, history, last)
+            extra = _run_hooks(hooks, done, state, metrics)
+            if evaluation is not None and schedule.due(done, finished, seconds):
+                try:
+                    extra.update(evaluation(state))
+                except EvaluationAbandoned:  # SIGTERM during an evaluation: its result is not needed to resume
+                    print(f"preemption: abandoned the evaluation of step {done}", flush=True)
+                    return _save_and_exit(ckpt, window, done, finished, state, loader, history, last)
+            if window.due(done, extra, finished):
                 last = window.log(done, extra)
             if samples is not None and samples.due(done):
                 samples(done, state)
             ckpt.maybe_save(done, state, loader, history)
-        ckpt.maybe_save(total_steps if start < total_steps else start, state, loader, history, force=True)
-        if samples is not None and start < total_steps and samples.last != total_steps:
-            samples(total_steps, state)
+            step = done
+        ckpt.maybe_save(step, state, loader, history, force=True)
+        if samples is not None and step > start and samples.last != step:
+            samples(step, state)
     finally:
         ckpt.close()
         writer.close()
