@@ -34,7 +34,23 @@ def get_config(arg=None):
     return c
 
 
-def get_sweep(arg=None):
-    """Attention kind x heads on the chosen preset: `ganjax sweep --config configs/gansformer.py:shapes32`."""
-    del arg  # the same study applies to every preset
-    return sweep.grid({"model.attention": ["official", "simplex"], "model.heads": [1, 2]})
+# The sweeps of `ganjax sweep --config configs/gansformer.py:PRESET --sweep NAME` (default: attention).
+SWEEPS = {
+    "attention": "attention kind x heads",
+    "sizes": "sizes s, m, l (widths and local latents scaled) at an equal compute budget",
+    "gansformer_vs_stylegan2": "GANsformer and the StyleGAN2 baseline (configs/stylegan2.py) at an equal compute budget",
+}
+
+
+def get_sweep(name=None, config=None):
+    """SWEEPS on the chosen preset. The compute-matched ones train every run to the same training PFLOPs
+    (--config.train.total_pflops, default: what this preset's GANsformer spends on its total_kimg) and score it
+    at the same fractions of it (--config.eval.at_fractions, default 0.25, 0.5, 1)."""
+    name = name or "attention"
+    if name == "attention":
+        return sweep.grid({"model.attention": ["official", "simplex"], "model.heads": [1, 2]})
+    if name == "sizes":
+        return sweep.at_equal_compute(config, [{sweep.PRESET: {"size": s}} for s in ("s", "m", "l")])
+    if name == "gansformer_vs_stylegan2":
+        return sweep.at_equal_compute(config, [{sweep.CONFIG_FILE: f} for f in ("gansformer.py", "stylegan2.py")])
+    raise ValueError(f"no sweep {name!r}; the sweeps: {', '.join(f'{k} ({v})' for k, v in SWEEPS.items())}")

@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": "step time, img/s, FLOPs, MFU, memory and communication of a config",
     "plan": "compile for a TPU slice on this host: HBM fit, roofline step time, cost of a run",
     "sweep": "run (or print) a sweep defined by a config's get_sweep()",
+    "report": "a scaling study's report: FID against compute, the frontier, fitted laws",
     "data": "prepare or show a dataset",
     "export": "write a generator-only inference checkpoint",
     "convert": "import external weights (FID Inception, released GANsformer models)",

@@ -268,3 +268,15 @@ def cpu_peak() -> CpuPeak | None:
     except (OSError, ValueError):
         pass
     return parse_cpu_peak(text, set(os.sched_getaffinity(0)), max_mhz)
+
+
+def describe_devices(devices) -> str:
+    """One line naming the devices a run holds, for reports: '8 x TPU v5p', or for CPU devices the host's CPU
+    ('8 x cpu on AMD EPYC (AVX-512, 2 cores)'), since virtual CPU devices share its cores."""
+    kind = devices[0].device_kind
+    line = f"{len(devices)} x {kind}"
+    if devices[0].platform == "cpu":
+        peak = cpu_peak()
+        if peak is not None:
+            line += f" on {peak.model} ({peak.isa}, {peak.cores} cores)"
+    return line

@@ -72,6 +72,11 @@ def parse_arg(arg, default="shapes32"):
     return name, options
 
 
+def format_arg(name, options) -> str:
+    """parse_arg's inverse: ('ffhq256', {'size': 'm'}) -> 'ffhq256,size=m'."""
+    return ",".join([name, *(f"{k}={v}" for k, v in options.items())])
+
+
 def apply_dataset(c, name):
     """Data and training defaults of preset `name` (shared by every model family)."""
     if name in CPU:

@@ -1,8 +1,11 @@
 """Sweeps: lists of config overrides, one training run each, and the table and plot of their results.
 
-A config file may define `get_sweep(arg) -> list[dict]`, each dict mapping dotted field paths to values
-(`{'train.lr_g': 0.001, 'model.heads': 2}`); `grid` and `zipped` build such lists. `ganjax sweep` turns
-each dict into one `python -m ganjax train` command (see ganjax/commands/sweep.py).
+A config file may define `get_sweep(name=None, config=None) -> list[dict]` (`ganjax sweep --sweep NAME`; config
+is the sweep's base config, for sweeps whose values depend on the preset), each dict mapping dotted field
+paths to values (`{'train.lr_g': 0.001, 'model.heads': 2}`); `grid` and `zipped` build such lists. Two keys
+of a run are not fields: CONFIG_FILE ('stylegan2.py') trains that run from another config file (relative to
+the sweep's, same preset), PRESET ({'size': 's'}) sets preset options of the run (over the sweep's).
+`ganjax sweep` turns each dict into one `python -m ganjax train` command (see ganjax/commands/sweep.py).
 """
 
 import csv
@@ -12,6 +15,10 @@ import math
 import os
 import re
 import shlex
+
+from ganjax import presets
+from ganjax.models.config import ModelConfig
+from ganjax.train.cost import train_flops_per_image
 
 # ---------------------------------------------------------------------------------------------
 # Building sweeps
@@ -34,10 +41,62 @@ def zipped(axes):
     return [dict(zip(keys, values)) for values in zip(*(axes[k] for k in keys))]
 
 
+def at_equal_compute(config, runs, fractions="0.25,0.5,1"):
+    """The runs as a compute-matched study: each trains to the same budget of training compute and is scored
+    at the same fractions of it. The budget is config.train.total_pflops when set, else what the sweep's base
+    config (its preset's model) spends on its train.total_kimg, so one study definition fits every preset;
+    the fractions are config.eval.at_fractions when set."""
+    if config is None:
+        raise ValueError("a compute-matched sweep needs the sweep's base config (get_sweep(name, config))")
+    t = config.train
+    budget = float(t.total_pflops) or (
+        float(t.total_kimg) * 1000 * train_flops_per_image(ModelConfig.from_config(config.model), t) / 1e15)
+    common = {"train.total_kimg": 0.0, "train.total_pflops": budget, "train.total_device_hours": 0.0,
+              "train.total_cost": 0.0, "eval.every_kimg": 0.0, "eval.every_pflops": 0.0,
+              "eval.at_fractions": config.eval.at_fractions or fractions}
+    return [{**common, **run} for run in runs]
+
+
+def varying(runs):
+    """Each run's overrides that differ between the runs (what names a run)."""
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r)
+            if any(k not in r for r in runs) or len({repr(r[k]) for r in runs}) > 1]
+    return [{k: r[k] for k in keys if k in r} for r in runs]
+
+
 def _check_axes(axes):
     for key, values in axes.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"sweep axis {key!r}: expected a non-empty list of values, got {values!r}")
+
+
+CONFIG_FILE, PRESET = "config_file", "preset"  # the run keys that choose its config, not a field of it
+
+
+def shown(path, value):
+    """A run's value as tables and names show it: CONFIG_FILE by its stem, PRESET as 'size=s', a field's as is."""
+    if path == CONFIG_FILE:
+        return os.path.splitext(os.path.basename(value))[0]
+    if path == PRESET:
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
+def fields(overrides) -> dict:
+    """The run's config-field overrides (its CONFIG_FILE and PRESET keys taken out)."""
+    return {k: v for k, v in overrides.items() if k not in (CONFIG_FILE, PRESET)}
+
+
+def run_config_arg(config_arg, overrides) -> str:
+    """The FILE:PRESET of one run: the sweep's, with the run's CONFIG_FILE (beside the sweep's file) and
+    PRESET options applied."""
+    path, _, arg = config_arg.partition(":")
+    if CONFIG_FILE in overrides:
+        path = os.path.join(os.path.dirname(path), overrides[CONFIG_FILE])
+    if PRESET in overrides:
+        name, options = presets.parse_arg(arg)
+        arg = presets.format_arg(name, {**options, **overrides[PRESET]})
+    return f"{path}:{arg}" if arg else path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +107,7 @@ def apply(config, overrides):
     """A copy of `config` with `overrides` ({'train.lr_g': 1e-3}) set; unknown fields raise ValueError."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        for path, value in overrides.items():
+        for path, value in fields(overrides).items():
             *parents, leaf = path.split(".")
             node = config
             for i, key in enumerate(parents):
@@ -71,12 +130,13 @@ def flag_value(value):
 
 
 def override_flags(overrides):
-    return [f"--config.{path}={flag_value(value)}" for path, value in overrides.items()]
+    return [f"--config.{path}={flag_value(value)}" for path, value in fields(overrides).items()]
 
 
 def run_name(index, overrides):
     """'003-attention=simplex,heads=2': sortable, readable, and safe as a directory name."""
-    parts = [f"{path.rsplit('.', 1)[-1]}={flag_value(v)}" for path, v in overrides.items()]
+    parts = [shown(path, v) if path in (CONFIG_FILE, PRESET) else f"{path.rsplit('.', 1)[-1]}={flag_value(v)}"
+             for path, v in overrides.items()]
     name = f"{index:03d}" + ("-" + ",".join(parts) if parts else "")
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)[:200]
 
@@ -129,14 +189,14 @@ def _flatten(record, prefix=""):
 
 def collect(runs):
     """runs: [{'name', 'overrides', 'workdir', 'status'}] -> (columns, rows) with swept values then metrics."""
-    params = list(dict.fromkeys(k for r in runs for k in r["overrides"]))
+    params = list(dict.fromkeys(k for r in runs for k in r["overrides"]))  # CONFIG_FILE / PRESET too: they vary
     metrics = [final_metrics(r["workdir"]) for r in runs]
     metric_keys = sorted(set().union(*metrics)) if metrics else []
     columns = ["run", "status", *params, *metric_keys]
     rows = []
     for run, m in zip(runs, metrics):
         row = {"run": run["name"], "status": run["status"]}
-        row.update({p: run["overrides"].get(p, "") for p in params})
+        row.update({p: shown(p, run["overrides"][p]) if p in run["overrides"] else "" for p in params})
         row.update({k: m.get(k, "") for k in metric_keys})
         rows.append(row)
     return columns, rows
@@ -149,17 +209,21 @@ def write_csv(path, columns, rows):
         writer.writerows(rows)
 
 
-def _cell(value):
+def cell(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value).replace("|", "\\|")
 
 
-def write_markdown(path, columns, rows):
+def markdown_table(columns, rows) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path, columns, rows):
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown_table(columns, rows))
 
 
 def plot(path, rows, metric, param, params):

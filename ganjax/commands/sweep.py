@@ -1,4 +1,4 @@
-"""`ganjax sweep --config FILE:PRESET --workdir DIR`: run the config file's get_sweep(PRESET) runs.
+"""`ganjax sweep --config FILE:PRESET --workdir DIR [--sweep NAME]`: run the config file's get_sweep(NAME) runs.
 
 Each run is one `python -m ganjax train --config=FILE:PRESET --workdir=DIR/<run> --config.<field>=<value>`
 subprocess, run one after another. A subprocess per run (rather than calling the train loop in this
@@ -8,12 +8,14 @@ crash ends one run, not the sweep. Overrides given to `ganjax sweep` itself (`--
 apply to every run; the sweep's own values win where both set a field.
 
 Afterwards the last value of every metric in each run's metrics.jsonl goes into DIR/sweep.csv and
-DIR/sweep.md, and --plot_metric against --plot_param into DIR/sweep_<metric>.png. A re-run resumes
-unfinished runs from their checkpoints. --print_commands prints one launch command per run instead,
+DIR/sweep.md, and --plot_metric against --plot_param into DIR/sweep_<metric>.png; when runs logged FID, the
+study report (`ganjax report DIR`: FID against compute, the frontier, fitted laws) goes into DIR/report. A
+re-run resumes unfinished runs from their checkpoints (a compute-budget run continues to its budget). --print_commands prints one launch command per run instead,
 optionally behind a --launcher prefix (e.g. "sbatch launch/slurm.sbatch").
 """
 
 import importlib.util
+import inspect
 import json
 import os
 import shlex
@@ -26,9 +28,11 @@ from ml_collections import config_flags
 
 from ganjax import sweep
 from ganjax.config import validate
+from ganjax.study import figures, runs as study_runs
 
 config_flags.DEFINE_config_file("config", None, "config file and preset, e.g. configs/gansformer.py:shapes32")
 flags.DEFINE_string("workdir", None, "sweep directory; run i trains in DIR/<run name>", required=True)
+flags.DEFINE_string("sweep", None, "which of the config file's sweeps: get_sweep(NAME); default its default one")
 flags.DEFINE_boolean("print_commands", False, "print one launch command per run and exit (nothing runs)")
 flags.DEFINE_alias("print-commands", "print_commands")
 flags.DEFINE_string("launcher", "", "with --print_commands: prefix for each command, e.g. 'sbatch launch/slurm.sbatch' "
@@ -38,33 +42,57 @@ flags.DEFINE_string("plot_param", "", "swept field on the plot's x axis; '' = th
 FLAGS = flags.FLAGS
 
 
-def load_sweep(config_arg):
-    path, _, arg = config_arg.partition(":")
+def _module(path):
     spec = importlib.util.spec_from_file_location("ganjax_sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_sweep(config_arg, name, config):
+    """get_sweep(name[, config]) of the config file (config: the sweep's base config, for sweeps whose values
+    depend on the preset)."""
+    path = config_arg.partition(":")[0]
+    module = _module(path)
     if not hasattr(module, "get_sweep"):
-        raise SystemExit(f"ganjax sweep: {path} defines no get_sweep(arg)")
-    runs = module.get_sweep(arg or None)
+        raise SystemExit(f"ganjax sweep: {path} defines no get_sweep(name)")
+    takes_config = len(inspect.signature(module.get_sweep).parameters) > 1
+    try:
+        runs = module.get_sweep(name, config) if takes_config else module.get_sweep(name)
+    except ValueError as e:  # an unknown sweep name
+        raise SystemExit(f"ganjax sweep: {path}: {e}")
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
-        raise SystemExit(f"ganjax sweep: {path}:get_sweep({arg!r}) must return a non-empty list of dicts")
+        raise SystemExit(f"ganjax sweep: {path}:get_sweep({name!r}) must return a non-empty list of dicts")
     return runs
 
 
-def plan(config, config_arg, workdir, python):
+def _run_base(config, config_arg, run_arg, cli_overrides):
+    """The config a run starts from: the sweep's, or for a run with its own file or preset options that
+    file's get_config(preset) with the sweep's command-line overrides."""
+    if run_arg == config_arg:
+        return config
+    path, _, arg = run_arg.partition(":")
+    if not os.path.exists(path):
+        raise SystemExit(f"ganjax sweep: a run's {sweep.CONFIG_FILE} {path} does not exist")
+    return sweep.apply(_module(path).get_config(arg or None), cli_overrides)
+
+
+def plan(config, config_arg, workdir, python, sweep_name=None):
     """One entry per run, each validated before anything starts (a bad run fails the sweep up front)."""
     cli_overrides = config_flags.get_override_values(FLAGS["config"])
     runs = []
-    for i, overrides in enumerate(load_sweep(config_arg)):
+    defined = load_sweep(config_arg, sweep_name, config)
+    for i, (overrides, named_by) in enumerate(zip(defined, sweep.varying(defined))):
+        run_arg = sweep.run_config_arg(config_arg, overrides)
         try:
-            validate(sweep.apply(config, overrides))
+            validate(sweep.apply(_run_base(config, config_arg, run_arg, cli_overrides), overrides))
         except ValueError as e:
             raise SystemExit(f"ganjax sweep: run {i} {overrides}:\n{e}")
-        name = sweep.run_name(i, overrides)
+        name = sweep.run_name(i, named_by)
         run_dir = os.path.join(workdir, name)
         merged = {**{k: v for k, v in cli_overrides.items() if k not in overrides}, **overrides}
         runs.append(dict(name=name, overrides=overrides, workdir=run_dir, status="planned",
-                         argv=sweep.train_command(config_arg, run_dir, merged, python=python)))
+                         argv=sweep.train_command(run_arg, run_dir, merged, python=python)))
     return runs
 
 
@@ -103,6 +131,20 @@ def report(runs, workdir):
         except ValueError as e:  # the table is written; say why there is no plot
             return f"no plot: {e}"
         print(f"plot: {out}")
+    return study_report(workdir)
+
+
+def study_report(workdir):
+    """The study report (ganjax report) of the sweep when its runs logged FID; a problem is returned."""
+    try:
+        found = study_runs.find_runs([workdir])
+    except ValueError as e:
+        return f"no study report: {e}"
+    if not any(r.points for r in found):
+        return None
+    paths = figures.write_report(figures.analyse(found), os.path.join(workdir, "report"),
+                                 study_runs.warnings(found))
+    print(f"study report: {paths['report.html']}")
     return None
 
 
@@ -114,13 +156,13 @@ def main(argv):
         raise SystemExit("ganjax sweep: --config FILE:PRESET is required")
     workdir = FLAGS.workdir
     if FLAGS.print_commands:
-        runs = plan(FLAGS.config, config_arg, workdir, python="python")
+        runs = plan(FLAGS.config, config_arg, workdir, python="python", sweep_name=FLAGS.sweep)
         prefix = shlex.split(FLAGS.launcher)
         for run in runs:
             argv_ = run["argv"][4:] if prefix else run["argv"]  # a launcher runs `python -m ganjax train` itself
             print(sweep.shell_join(prefix + argv_))
         return
-    runs = plan(FLAGS.config, config_arg, workdir, python=sys.executable)
+    runs = plan(FLAGS.config, config_arg, workdir, python=sys.executable, sweep_name=FLAGS.sweep)
     os.makedirs(workdir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through execute(), which stops the run
     for i, run in enumerate(runs):

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from jax import lax
 
 INPUT_SIZE = 299
+# The FID protocol these features follow (its input pipeline above), as reports label their FIDs.
+PREPROCESSING = "pytorch-fid"
 FEATURE_DIM = 2048
 # Convs run at full float32 precision on every backend: FID is sensitive to feature error, and the default
 # TPU/GPU matmul precision (bf16 / TF32 passes) would move the features by ~1e-3.

@@ -72,6 +72,14 @@ def problems(config) -> list[str]:
     return []
 
 
+def reached(train, kimg: float, pflops: float, device_seconds: float) -> bool:
+    """Whether a run whose metrics logged these totals has reached its length (reports read it back)."""
+    field, value = chosen(train), float(train[chosen(train)])
+    got = {"total_kimg": kimg, "total_pflops": pflops, "total_device_hours": device_seconds / 3600,
+           "total_cost": device_seconds / 3600 * float(train.price_per_device_hour)}[field]
+    return got >= value * (1 - 1e-9)
+
+
 class RunLength:
     """The run's length (validated config) and progress through it."""
 

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ganjax import compilation_cache, data, insight, parallel, sampling, viz
+from ganjax import compilation_cache, data, hardware, insight, parallel, sampling, viz
 from ganjax.checkpoint import Checkpointer
 from ganjax.checkpoint.trees import config_to_dict
 from ganjax.config import validate
@@ -29,6 +29,9 @@ from ganjax.train.length import EvalSchedule, RunLength
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
 from ganjax.train.workdir_lock import WorkdirLock
+
+
+HARDWARE_FILE = "hardware.json"
 
 
 class TrainingStopped(RuntimeError):
@@ -225,10 +228,14 @@ def _prepare_workdir(config, workdir: str, fresh: bool, is_main: bool) -> str:
 
 def _write_config(config, workdir: str, is_main: bool):
     """config.json of the run, written after the restore: a resume that the checkpoint refuses (another
-    model) leaves the config of the run that wrote it."""
+    model) leaves the config of the run that wrote it. Beside it hardware.json: the devices this session of
+    the run holds (what `ganjax report` labels its figures with)."""
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(_config_json(config))
+        with open(os.path.join(workdir, HARDWARE_FILE), "w") as f:
+            json.dump({"hardware": hardware.describe_devices(jax.devices()), "devices": jax.device_count(),
+                       "processes": jax.process_count()}, f)
 
 
 def _restore(ckpt: Checkpointer, tr: setup.Training, loader, resume_step: int | None = None):
