@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import jax
 import numpy as np
@@ -71,8 +72,8 @@ def tiny_train_config(data_dir, steps=STEPS, overrides=None):
     t.r1_interval = 1  # R1 (the double backward) on every step, so one step program serves every run
     c.checkpoint.every_kimg, c.checkpoint.keep = 0.016, 10  # a checkpoint every 2 steps, all kept
     for key, value in (overrides or {}).items():
-        section, field = key.split(".")
-        c[section][field] = value
+        *section, field = key.split(".")
+        (c[section[0]] if section else c)[field] = value
     return c
 
 
@@ -226,6 +227,28 @@ def test_sigterm_finishes_the_step_saves_exits_0_and_resumes(env, reference, ear
     out = run(env, workdir)
     assert f"step {stopped + 1}/6" in out and f"step {stopped}/6" not in out
     assert_same_run(env, workdir, reference)
+
+
+def test_sigterm_while_the_first_step_compiles_exits_at_once(env, tmp_path):
+    """Python runs a signal handler only between bytecodes, so inside XLA's compile (one C call) the
+    preemption flag would be seen only after it; the startup watcher (ganjax/train/startup_exit.py) ends the
+    process at once, as there is nothing new to save before the first step."""
+    workdir = tmp_path / "run"
+    trainer = Trainer(env, workdir, overrides={"compilation_cache": ""})  # a real compile, ~1 CPU-min
+    deadline = time.time() + TIMEOUT
+    while not any(line.startswith("step 0: compiling") for line in trainer.lines):
+        assert trainer.proc.poll() is None and time.time() < deadline, "".join(trainer.lines)[-3000:]
+        time.sleep(0.2)
+    time.sleep(8)  # well inside the compile of the step program
+    sent = time.time()
+    trainer.proc.send_signal(signal.SIGTERM)
+    rc, out = trainer.wait()
+    took = time.time() - sent
+    assert rc == 0, out[-3000:]
+    assert "preemption: SIGTERM while compiling the first step" in out and "nothing new since step 0" in out
+    assert "compiled the" not in out and "FINISHED" not in out  # it did not wait for the compile to end
+    assert took < 10, took
+    assert not os.path.isdir(workdir / "checkpoints") or not os.listdir(workdir / "checkpoints")
 
 
 def test_kill_9_during_a_save_restarts_from_the_last_complete_one(env, reference, early):

@@ -26,6 +26,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, to_jsonable
 from ganjax.train import intervals
+from ganjax.train.length import EvalSchedule
 
 
 
@@ -147,7 +148,7 @@ class Checkpointer:
         if int(ck.keep) < 1:
             raise CheckpointError(f"checkpoint.keep must be >= 1 (got {ck.keep})")
         metrics = [m.strip() for m in str(config.eval.metrics).split(",")]
-        self._track_fid = float(config.eval.every_kimg) > 0 and "fid" in metrics
+        self._track_fid = EvalSchedule.enabled(config) and "fid" in metrics
         self._config_json = config_to_dict(config)
         ensure_writable(self.directory)
 

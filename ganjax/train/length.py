@@ -125,7 +125,7 @@ class RunLength:
         if self.field == "total_kimg":
             return f"{self.value:g} kimg"
         if self.field == "total_pflops":
-            return f"{self.value:g} PFLOPs ({self.total_steps} steps, {self.total_steps * self.batch / 1000:g} kimg)"
+            return f"{self.value:g} PFLOPs: {self.total_steps} steps, {self.total_steps * self.batch / 1000:g} kimg"
         hours = self.budget_seconds / 3600
         if self.field == "total_cost":
             return f"{self.value:g} at {self.price:g} per device-hour ({hours:g} device-hours)"

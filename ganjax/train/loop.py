@@ -26,6 +26,7 @@ from ganjax.evaluate import EvaluationAbandoned, PeriodicEvaluation
 from ganjax.train import intervals, setup
 from ganjax.train.cost import CostMeter
 from ganjax.train.length import EvalSchedule, RunLength
+from ganjax.train.startup_exit import StartupExit
 from ganjax.train.state import adam_hparams
 from ganjax.train.summary import MetricWriter
 from ganjax.train.workdir_lock import WorkdirLock
@@ -294,31 +295,39 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=(), resume_step: i
     is_main = jax.process_index() == 0
     # One trainer per workdir (taken before `fresh` deletes anything): a second one is refused here.
     lock = WorkdirLock(workdir).acquire() if is_main else None
+    startup = StartupExit()  # SIGTERM before the first step exits at once, even inside a compile
     try:
-        return _train(config, workdir, fresh, hooks, is_main, resume_step)
+        return _train(config, workdir, fresh, hooks, is_main, resume_step, startup)
     finally:
+        startup.disarm()
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step) -> dict:
+def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step, startup: StartupExit) -> dict:
+    startup.phase = "preparing the workdir"
     workdir = _prepare_workdir(config, workdir, fresh, is_main)
 
     t = config.train
     mesh = parallel.make_mesh(config)
+    startup.phase = "building the model"
     tr = setup.build(config, mesh)
     length = RunLength(config)
     # FID etc. as EvalSchedule says (every eval.every_kimg / every_pflops, at_fractions, the last step). Built
     # first: it loads the Inception weights, so a missing file stops the run before anything else starts.
+    startup.phase = "loading the Inception weights"
     evaluation = PeriodicEvaluation(config, tr.G, mesh) if EvalSchedule.enabled(config) else None
+    startup.phase = "preparing the dataset"
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
     ckpt = Checkpointer(workdir, config, mesh)
     if evaluation is not None:  # a preemption notice abandons an evaluation between its batches
         evaluation.stop = ckpt.preemption_noticed
+    startup.phase = "restoring the checkpoint"
     state, history = _restore(ckpt, tr, loader, resume_step)
     _write_config(config, workdir, is_main)
     start = int(jax.device_get(state.step))
+    startup.start_step = start
     # Cumulative FLOPs, device-seconds and cost, continued across restarts from the last logged record.
     meter = CostMeter(tr.model_cfg, t, num_devices=mesh.size,
                       device_seconds=next((h["compute/device_seconds"] for h in reversed(history)
@@ -331,6 +340,9 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
     last, prev_metrics = {}, None
     step = start
     finished = length.finished(start, meter.device_seconds)
+    startup.phase = "compiling the first step"
+    if is_main and not finished:
+        print(f"step {start}: compiling the training step programs (run length {length.describe()})", flush=True)
     try:
         if finished:
             print(f"already at step {start}, the end of the run's length ({length.describe()}); nothing to do",
@@ -342,6 +354,7 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step)
                 if samples is not None:
                     samples(0, state)
             state, metrics = tr.train_step(state, reals, step, labels)
+            startup.disarm()  # compiled and dispatched: from here a notice saves at the step boundary
             done = step + 1
             window.add(metrics)
             _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
