@@ -116,8 +116,8 @@ class _SampleGrids:
 class _LogWindow:
     """The metrics of the steps since the last log line, fetched and averaged every train.log_every steps
     (one device sync per window), with the window's rates: img/s and s/kimg count training only, the seconds
-    spent compiling (or loading) step programs are logged apart (compile_time) and counted by the cost meter
-    (the devices are held then too)."""
+    spent compiling (or loading) step programs (compile_time) and evaluating (eval/seconds) are logged apart
+    and counted by the cost meter (the devices are held then too)."""
 
     def __init__(self, config, meter: CostMeter, writer: MetricWriter, history: list, length: RunLength,
                  is_main: bool):
@@ -166,7 +166,8 @@ class _LogWindow:
 
     def log(self, done: int, extra: dict) -> dict:
         now = time.time()
-        elapsed = max(now - self.start - self.compiling, 1e-9)
+        evaluating = float(extra.get("eval/seconds", 0.0))  # an evaluation in this window: not training time
+        elapsed = max(now - self.start - self.compiling - evaluating, 1e-9)
         logged = _average(self.pending)
         kimg = done * self.batch / 1000
         logged.update(extra)
@@ -177,7 +178,7 @@ class _LogWindow:
             "sec_per_kimg": elapsed / (self.steps * self.batch / 1000), "step_time": elapsed / self.steps,
             "data_wait_share": self.data_wait / elapsed, "wall_time": now - self.run_start,
             "compile_time": self.compiling})
-        logged.update(self.meter.update(done, elapsed + self.compiling))
+        logged.update(self.meter.update(done, elapsed + self.compiling + evaluating))
         self.writer.scalars(done, logged)
         self.history.append({"step": done, **logged})
         if self.is_main:
