@@ -5,8 +5,8 @@ Compute C is the cost meter's cumulative training PFLOPs at the evaluation. The 
 conditioning, reported back in PFLOPs; the uncertainties are the square roots of the covariance's diagonal
 (curve_fit's, scaled by the residual variance). A fit is reported as bad, with its reason, when it cannot
 mean anything: no more points than parameters (no residual, no uncertainty), the optimiser fails, a parameter
-is undetermined (infinite variance), the exponent sits at a bound (FID does not fall with compute, or falls
-as a step), or the residual exceeds BAD_RESIDUAL of the mean FID.
+is undetermined (infinite variance, or a standard error larger than its value), the exponent sits at a bound
+(FID does not fall with compute, or falls as a step), or the residual exceeds BAD_RESIDUAL of the mean FID.
 """
 
 import dataclasses
@@ -86,6 +86,9 @@ def fit_power_law(compute, fid) -> Fit:
         problem = "the exponent is 0: FID does not fall with compute"
     elif b > MAX_EXPONENT * 0.999:
         problem = f"the exponent is at its bound {MAX_EXPONENT:g}: the points do not follow a power law"
+    elif any(err > abs(v) for v, err in ((a, a_err), (b, errs[1]), (c, errs[2]))):
+        name, v, err = next((n, v, e) for n, v, e in zip(PARAMETERS, (a, b, c), (a_err, errs[1], errs[2])) if e > abs(v))
+        problem = f"{name} = {v:.3g} has a standard error of {err:.2g}, more than itself: the points do not determine it"
     elif rms > BAD_RESIDUAL * float(np.mean(y)):
         problem = f"the rms residual {rms:.3g} exceeds {BAD_RESIDUAL:g} of the mean FID {float(np.mean(y)):.3g}"
     return Fit(a, float(b), float(c), a_err, float(errs[1]), float(errs[2]), rms, n, problem)
