@@ -10,8 +10,9 @@ apply to every run; the sweep's own values win where both set a field.
 Afterwards the last value of every metric in each run's metrics.jsonl goes into DIR/sweep.csv and
 DIR/sweep.md, and --plot_metric against --plot_param into DIR/sweep_<metric>.png; when runs logged FID, the
 study report (`ganjax report DIR`: FID against compute, the frontier, fitted laws) goes into DIR/report. A
-re-run resumes unfinished runs from their checkpoints (a compute-budget run continues to its budget). --print_commands prints one launch command per run instead,
-optionally behind a --launcher prefix (e.g. "sbatch launch/slurm.sbatch").
+re-run resumes unfinished runs from their checkpoints (a compute-budget run continues to its budget).
+--print_commands prints one launch command per run instead, optionally behind a --launcher prefix (e.g.
+"sbatch launch/slurm.sbatch").
 """
 
 import importlib.util
