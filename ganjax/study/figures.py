@@ -127,12 +127,17 @@ def fit_rows(analysis):
                    "verdict": "ok" if f.ok else f"bad fit: {f.problem}"}
 
 
+def _finite_rows(rows):
+    """Rows with NaN / inf cells blank, as the tables show them."""
+    return [{k: _finite(v) for k, v in r.items()} for r in rows]
+
+
 def _columns(rows):
     return list(rows[0]) if rows else []
 
 
 def markdown_table(rows) -> str:
-    rows = [{k: _finite(v) for k, v in r.items()} for r in rows]
+    rows = _finite_rows(rows)
     return sweep.markdown_table(_columns(rows), rows) if rows else "(none)\n"
 
 
@@ -154,11 +159,10 @@ def write_report(analysis, out: str, warnings=()) -> dict:
     tables = {"runs": list(run_rows(analysis)), "frontier": list(frontier_rows(analysis)),
               "fits": list(fit_rows(analysis))}
     paths["points.csv"] = os.path.join(out, "points.csv")
-    sweep.write_csv(paths["points.csv"], POINT_COLUMNS, [{k: _finite(v) for k, v in r.items()}
-                                                         for r in point_rows(analysis)])
+    sweep.write_csv(paths["points.csv"], POINT_COLUMNS, _finite_rows(point_rows(analysis)))
     for name, rows in tables.items():
         paths[f"{name}.csv"] = os.path.join(out, f"{name}.csv")
-        sweep.write_csv(paths[f"{name}.csv"], _columns(rows), [{k: _finite(v) for k, v in r.items()} for r in rows])
+        sweep.write_csv(paths[f"{name}.csv"], _columns(rows), _finite_rows(rows))
     protocols = list(analysis)
     md = ["# Scaling study", "", f"FID protocols: {'; '.join(protocols)}. Hardware: {_hardware(runs)}.",
           "Compute is the cost meter's analytic training FLOPs (ganjax/train/cost.py) at each evaluation.", ""]

@@ -19,6 +19,7 @@ and at the last step; with a compute budget, runs of one sweep are scored at the
 import math
 
 from ganjax.models.config import ModelConfig
+from ganjax.train import intervals
 from ganjax.train.cost import train_flops_per_image
 
 # train.<field> -> the unit its value is in. Exactly one is > 0.
@@ -140,7 +141,7 @@ class EvalSchedule:
     def __init__(self, config, length: RunLength, device_seconds: float = 0.0):
         e = config.eval
         self.length = length
-        self.every_images = round(float(e.every_kimg) * 1000)
+        self.every_images = intervals.images(e.every_kimg, "eval.every_kimg") if float(e.every_kimg) > 0 else 0
         self.every_pflops = float(e.every_pflops)
         self.fractions = parse_fractions(e.at_fractions)
         self._seconds = float(device_seconds)  # the meter at the previous call (wall-clock fractions)
@@ -157,8 +158,7 @@ class EvalSchedule:
             return False
         if final:
             return True
-        b = self.length.batch
-        if self.every_images and (step * b) // self.every_images > ((step - 1) * b) // self.every_images:
+        if self.every_images and intervals.crossed(step - 1, step, self.length.batch, self.every_images):
             return True
         if self.every_pflops and (math.floor(self.length.pflops(step) / self.every_pflops)
                                   > math.floor(self.length.pflops(step - 1) / self.every_pflops)):
