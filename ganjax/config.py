@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     p.coordinator_address = ""
     p.num_processes = 0
     p.process_id = -1
+    # Seconds without a heartbeat after which JAX's distributed runtime declares a process dead and stops every
+    # other process (exit status 134, naming the lost process); bounds how long a run hangs after a host dies.
+    p.heartbeat_timeout_s = 60
     # Logical-axis rules per strategy: ((logical axis of the models, mesh axis or None), ...). Per parameter
     # dimension the first rule whose mesh axis is unused and divides the dimension wins (else replicated).
     r = p.rules = ml_collections.ConfigDict()
@@ -296,6 +299,7 @@ _RULES = {
     "parallel.coordinator_address": _host_port,
     "parallel.num_processes": _int(0),
     "parallel.process_id": _int(-1),
+    "parallel.heartbeat_timeout_s": _int(1),
     "checkpoint.every_kimg": _number(0),
     "checkpoint.keep": _int(1),
     "eval.every_kimg": _number(0),

@@ -47,7 +47,7 @@ def maybe_initialize_distributed(config) -> bool:
         kwargs["process_id"] = int(p.process_id)
     # Only the CPU backend reads this; without it CPU devices of different processes cannot talk.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=int(p.heartbeat_timeout_s))
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
