@@ -155,3 +155,19 @@ def test_distributed_auto_detection(monkeypatch):
         distributed.should_initialize(c.parallel)
     c.parallel.distributed = "off"
     assert parallel.maybe_initialize_distributed(c) is False
+
+
+def test_heartbeat_timeout_reaches_the_distributed_runtime(monkeypatch):
+    """parallel.heartbeat_timeout_s is what bounds how long the others run on after a process dies: it must be
+    the value JAX's runtime is started with (its own default is 100 s)."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # keep this process's collectives as they are
+    c = base_config()
+    c.parallel.distributed = "on"
+    c.parallel.coordinator_address, c.parallel.num_processes, c.parallel.process_id = "127.0.0.1:1234", 2, 0
+    c.parallel.heartbeat_timeout_s = 17
+    assert parallel.maybe_initialize_distributed(c) is True
+    assert calls == [{"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 0,
+                      "heartbeat_timeout_seconds": 17}]
