@@ -3,8 +3,8 @@
 The names and shapes below follow the reference's public code (dorarad/gansformer): the PyTorch version's
 state_dict names (pytorch_version/training/networks.py) and the TF variable names listed in
 pytorch_version/loader.py. Values are random, so a parameter that lands in the wrong place, or with the
-wrong layout, is caught. Numerical parity against the reference itself is measured outside CI (the
-reference code cannot be part of this repository).
+wrong layout, is caught. Numerical parity with the reference itself: tests/test_convert_authors.py, on
+snapshots made by the authors' code.
 """
 
 import collections
@@ -17,7 +17,7 @@ import types
 import numpy as np
 import pytest
 
-from ganjax.convert import gansformer
+from ganjax.convert import derived, gansformer
 from ganjax.convert.unpickle import ConvertError
 
 RES, CH, T, DIM = 16, 16, 2, 8  # resolution, channels (channel_max), local latents, z/w dim
@@ -122,8 +122,11 @@ def tf_discriminator_shapes():
 
 
 def random_tensors(shapes, seed):
+    """Random values, except the buffers ganjax recomputes, which hold the values the reference stores
+    (a converter refuses others: tests/test_convert_authors.py)."""
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    return {k: derived.expected(k, s)[0] if derived.DERIVED.fullmatch(k) else rng.standard_normal(s).astype(np.float32)
+            for k, s in shapes.items()}
 
 
 def leaf(tree, path):

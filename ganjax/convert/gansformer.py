@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from ganjax.convert import infer, tf_names, torch_names
+from ganjax.convert import derived, infer, tf_names, torch_names
 from ganjax.convert.unpickle import ConvertError, TFNetwork, TorchModule, load
 
 
@@ -140,6 +140,9 @@ def build_variables(source: Source, path: str = "<source>"):
     from ganjax.models import ModelConfig, build_models
     from ganjax.models.mapping import example_labels
 
+    for what, tensors in (("generator", source.g_ema), ("generator", source.g), ("discriminator", source.d)):
+        if tensors is not None:
+            derived.check(tensors, what, path)
     fields = infer.infer_model(source.g_ema, source.d, source.hints, path)
     config = base_config()
     for k, v in fields.items():

@@ -39,6 +39,25 @@ def _channel_rule(channels, source):
                        "min(channel_base // res, channel_max)")
 
 
+def _mapping_stack(g, names, source):
+    """(mapping_resnet, mapping_layers) of the global mapping MLP: residual layers l<i>.fc0/fc1 (GANsformer;
+    mapping_layers counts the pairs) or plain fc layers l<i> (the StyleGAN2 baseline; ganjax's plain stack
+    has 2 * mapping_layers of them)."""
+    residual = _res_keys(names, r"mapping\.global_mlp\.l(\d+)\.fc0\.weight")
+    plain = _res_keys(names, r"mapping\.global_mlp\.l(\d+)\.weight")
+    if residual and plain:
+        raise ConvertError(f"{source}: the mapping network mixes residual (l<i>.fc0) and plain (l<i>) layers")
+    if residual:
+        return True, len(residual)
+    if not plain:
+        raise ConvertError(f"{source}: variable 'mapping.global_mlp.l0.fc0.weight' (residual mapping) or "
+                           "'mapping.global_mlp.l0.weight' (plain mapping) is missing")
+    if len(plain) % 2:
+        raise ConvertError(f"{source}: the plain mapping network has {len(plain)} layers (mapping.global_mlp.l0.."
+                           f"l{len(plain) - 1}); ganjax's plain stack has an even number (2 x model.mapping_layers)")
+    return False, len(plain) // 2
+
+
 def infer_model(g, d, hints, source):
     """Model-section fields (dict) for generator weights `g` and discriminator weights `d` (or None)."""
     h = dict(DEFAULT_HINTS)
@@ -63,11 +82,10 @@ def infer_model(g, d, hints, source):
     channel_base, channel_max = _channel_rule(channels, source)
 
     w_dim = _shape(g, "mapping.global_mlp.out_layer.weight", source)[0]
-    if "mapping.global_mlp.l0.fc0.weight" not in g:
-        raise ConvertError(f"{source}: only the residual mapping network (mapping.*.l<i>.fc0/fc1) is supported")
-    z_dim = _shape(g, "mapping.global_mlp.l0.fc0.weight", source)[1]
+    mapping_resnet, layers = _mapping_stack(g, names, source)
+    z_dim = _shape(g, "mapping.global_mlp.l0.fc0.weight" if mapping_resnet else "mapping.global_mlp.l0.weight",
+                   source)[1]
     num_local = _shape(g, "pos", source)[0] if "pos" in g else 0
-    layers = len(_res_keys(names, r"mapping\.global_mlp\.l(\d+)\.fc0\.weight"))
     mapping_attention = any(n.startswith("mapping.mlp.sa") for n in names)
 
     att = sorted({(int(m.group(1)), int(m.group(2))) for n in names
@@ -97,6 +115,7 @@ def infer_model(g, d, hints, source):
         "w_dim": w_dim,
         "num_local": num_local,
         "mapping_layers": layers,
+        "mapping_resnet": mapping_resnet,
         "mapping_lrmul": float(h["mapping_lrmul"]),
         "mapping_norm": h.get("mapping_norm", "joint"),
         "mapping_attention": mapping_attention,

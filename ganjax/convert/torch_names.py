@@ -13,8 +13,7 @@ import re
 
 import numpy as np
 
-# Buffers the reference stores but ganjax computes (FIR kernels, the fixed sinusoidal grid encoding).
-DERIVED = re.compile(r".*\.(resample_kernel|grid_pos)")
+from ganjax.convert.derived import DERIVED  # buffers ganjax computes: checked there, not mapped here
 
 def _dense(w):
     return np.asarray(w).T
@@ -39,8 +38,10 @@ def _epilogue_fc(w):
 _GENERATOR_RULES = [
     (r"pos", "params", "pos", _same),
     (r"mapping\.w_avg", "buffers", "mapping_network/w_avg", _same),
-    (r"mapping\.(global_mlp|mlp)\.(l\d+\.fc\d|out_layer)\.weight", "params", "mapping_network/{0}/{1}/weight", _dense),
-    (r"mapping\.(global_mlp|mlp)\.(l\d+\.fc\d|out_layer)\.bias", "params", "mapping_network/{0}/{1}/bias", _same),
+    # l<i>.fc0/fc1: the residual mapping (GANsformer); l<i>: the plain fc stack (the StyleGAN2 baseline).
+    (r"mapping\.(global_mlp|mlp)\.(l\d+\.fc\d|l\d+|out_layer)\.weight", "params", "mapping_network/{0}/{1}/weight",
+     _dense),
+    (r"mapping\.(global_mlp|mlp)\.(l\d+\.fc\d|l\d+|out_layer)\.bias", "params", "mapping_network/{0}/{1}/bias", _same),
     (r"mapping\.mlp\.(sa\d+)\.(\w+)\.weight", "params", "mapping_network/mlp/{0}/{1}/weight", _dense),
     (r"mapping\.mlp\.(sa\d+)\.(\w+)\.bias", "params", "mapping_network/mlp/{0}/{1}/bias", _same),
     (r"synthesis\.b4\.const", "params", "synthesis_network/b4/const", _const),
