@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
     e.metrics = "fid"  # comma list of fid, kid, pr
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
     e.batch_size = 64
+    # how images reach the Inception network (ganjax/metrics/protocols.py): "pytorch-fid" (pytorch-fid's resize)
+    # or "stylegan" (the TF graph's own resize and scaling, as NVIDIA's StyleGAN2-ADA and the GANsformer
+    # authors' metrics); FIDs of different protocols are not comparable, and each record names its protocol
+    e.fid_protocol = "pytorch-fid"
     # a conditional model also gets FID per class (fid/class<c>, and their mean): class c's fakes against the
     # reals of class c among the reference's images, as many of each (ganjax/evaluate.py)
     e.per_class = False
@@ -308,6 +312,7 @@ _RULES = {
     "eval.num_images": _int(2),
     "eval.metrics": _comma_subset("fid", "kid", "pr"),
     "eval.batch_size": _int(1),
+    "eval.fid_protocol": _one_of_module("ganjax.metrics.protocols", "PROTOCOLS"),
     "bench.steps": _int(1),
     "bench.warmup": _int(0),
     "bench.batch_per_device": _int(1),

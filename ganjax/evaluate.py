@@ -70,7 +70,8 @@ class Evaluator:
             raise ValueError(f"eval.num_images: {self.num_images}; FID needs at least 2 images")
         params = load_inception_params(inception_path or e.inception_path or None)
         self.mesh = mesh if mesh is not None else metrics_lib.default_mesh()
-        self.extractor = metrics_lib.FeatureExtractor(params, self.mesh)
+        self.protocol = metrics_lib.fid_protocol(config)
+        self.extractor = metrics_lib.FeatureExtractor(params, self.mesh, self.protocol)
         # Every batch fills every device (and so every process) evenly.
         devices = self.mesh.size
         self.batch_size = math.ceil(int(batch_size or e.batch_size) / devices) * devices
@@ -230,7 +231,7 @@ def image_generator(G, batch: int, sharding, psi: float = 1.0):
 
 class PeriodicEvaluation:
     """The training loop's evaluation: scores G_ema and returns {"fid": ..., ..., "eval/num_images": N,
-    "eval/seconds": ...} for the loop to log, at the steps ganjax/train/length.py's EvalSchedule names; the
+    "eval/fid_protocol": ..., "eval/seconds": ...} for the loop to log, at the steps ganjax/train/length.py's EvalSchedule names; the
     Checkpointer reads "fid" from the logged history to keep the best checkpoint."""
 
     def __init__(self, config, G, mesh, stop=None):
@@ -242,4 +243,5 @@ class PeriodicEvaluation:
     def __call__(self, state):
         start = time.time()
         scores = self.evaluator(self.G, state.g_ema_params, state.g_ema_buffers, seed=self.seed, stop=self.stop)
-        return {**scores, "eval/num_images": self.evaluator.num_images, "eval/seconds": time.time() - start}
+        return {**scores, "eval/num_images": self.evaluator.num_images, "eval/fid_protocol": self.evaluator.protocol,
+                "eval/seconds": time.time() - start}

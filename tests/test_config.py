@@ -98,6 +98,8 @@ def _bad(**fields):
 
 @pytest.mark.parametrize("fields, message", [
     (dict(train__loss="foo"), "config.train.loss: 'foo' is not one of ('logistic', 'hinge', 'relativistic')"),
+    (dict(eval__fid_protocol="clean-fid"),
+     "config.eval.fid_protocol: 'clean-fid' is not one of ('pytorch-fid', 'stylegan')"),
     (dict(train__lr_g=0.0), "config.train.lr_g: 0.0 is not in (0, inf)"),
     (dict(train__beta2=1.0), "config.train.beta2: 1.0 is not in [0, 1)"),
     (dict(train__style_mixing_prob=1.5), "config.train.style_mixing_prob: 1.5 is not in [0, 1]"),

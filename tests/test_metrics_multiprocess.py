@@ -21,7 +21,8 @@ WORKER = textwrap.dedent("""
     from ganjax import metrics
     from ganjax.metrics import inception
 
-    inception.features = lambda params, images: inception.to_unit_range(images).mean(axis=(1, 2)) * params["s"]
+    inception.features = (lambda params, images, protocol=None:
+                          inception.to_unit_range(images).mean(axis=(1, 2)) * params["s"])
     images = np.random.default_rng(0).integers(0, 256, (2, 10, 6, 6, 3), dtype=np.uint8)  # [process, n, ...]
     ex = metrics.FeatureExtractor({"s": jnp.float32(3.0)})
     out = {"devices": ex.mesh.size}

@@ -282,6 +282,55 @@ def test_minibatch_std_matches_numpy():
         minibatch_std(jnp.zeros((6, 4, 4, 2)), 4, 1)
 
 
+def _std_by_group(x, ids):
+    """numpy minibatch-std channel [N] of x [N, H, W, C] for the group ids (one channel: F = 1)."""
+    out = np.empty(len(x))
+    for g in np.unique(ids):
+        m = x[ids == g].astype(np.float64)
+        out[ids == g] = np.sqrt(((m - m.mean(0)) ** 2).mean(0) + 1e-8).mean()
+    return out
+
+
+def _same_partition(a, b):
+    return all(len(set(b[a == g])) == 1 for g in np.unique(a)) and len(np.unique(a)) == len(np.unique(b))
+
+
+def test_minibatch_std_groups_per_strategy():
+    """Which samples share a minibatch-std group under each strategy, run through the code each uses: a global
+    program on a batch sharded over 8 devices (dp/fsdp), a per-device jax.shard_map program (shard_map), the
+    training step's micro-batching (train.grad_accum), and both; each equals the documented rule
+    (ganjax.nn.mbstd.groups). Strided micro-batches group the same samples as the whole batch; shard_map's
+    contiguous shards group others, so its D statistics differ from one device's by exactly that regrouping."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ganjax.nn.mbstd import groups
+    from ganjax.train.step import _micro_batches
+
+    devices, batch, accum = 8, 64, 2
+    x = randn(batch, 2, 2, 3)
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    mbstd = lambda v: minibatch_std(v, 4, 1)[:, 0, 0, -1]  # noqa: E731
+
+    def accumulated(v):  # micro-batch j = rows j, j + a, ...; each grouped on its own; back in row order
+        micro = jax.vmap(mbstd)(_micro_batches(v, accum))  # [a, B/a]
+        return jnp.moveaxis(micro, 0, 1).reshape(-1)
+
+    sharded = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
+    per_device = jax.shard_map(mbstd, mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+    per_device_accum = jax.shard_map(accumulated, mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+    cases = {"global": (jax.jit(mbstd)(sharded), groups(batch, 4)),
+             "grad_accum": (jax.jit(accumulated)(sharded), groups(batch, 4, accum=accum)),
+             "shard_map": (jax.jit(per_device)(sharded), groups(batch, 4, shards=devices)),
+             "shard_map + grad_accum": (jax.jit(per_device_accum)(sharded),
+                                        groups(batch, 4, shards=devices, accum=accum))}
+    for name, (got, ids) in cases.items():
+        np.testing.assert_allclose(np.asarray(got), _std_by_group(x, ids), rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.asarray(mbstd(jnp.asarray(x))), np.asarray(cases["global"][0]), rtol=1e-6)
+    assert _same_partition(cases["global"][1], cases["grad_accum"][1])
+    assert _same_partition(cases["shard_map"][1], cases["shard_map + grad_accum"][1])
+    assert not _same_partition(cases["global"][1], cases["shard_map"][1])
+
+
 def test_sinusoidal_grid_formula():
     e = sinusoidal_grid(4, 8).reshape(4, 4, 8)
     c = np.linspace(-1, 1, 4)

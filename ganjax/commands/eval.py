@@ -1,11 +1,13 @@
-"""`ganjax eval --workdir DIR [--checkpoint PATH] [--num_images N] [--metrics fid,kid,pr] [--per_class]`.
+"""`ganjax eval --workdir DIR [--checkpoint PATH] [--num_images N] [--metrics fid,kid,pr] [--per_class]
+[--fid_protocol pytorch-fid|stylegan]`.
 
 Scores G_ema of a checkpoint (default: DIR's latest; PATH may be an exported generator, a workdir, its
 checkpoints dir or one step dir) with FID / KID / precision-recall on the FID Inception, against the
 dataset's cached reference statistics, all work split over every device. Prints the scores and appends one
-record {"kind": "eval", "step", "kimg", "checkpoint", "eval/num_images", "fid", ...} to DIR/metrics.jsonl.
+record {"kind": "eval", "step", "kimg", "checkpoint", "eval/num_images", "eval/fid_protocol", "fid", ...} to
+DIR/metrics.jsonl.
 Needs the Inception weights once: `ganjax convert inception --out <path>` (default path: see --inception_path).
-Defaults (N, metrics, weights path, batch, per class) come from the checkpoint's config.eval. --per_class: a
+Defaults (N, metrics, weights path, batch, per class, FID protocol) come from the checkpoint's config.eval. --per_class: a
 conditional generator's FID per class too (fid/class<c>, fid/class_mean; ganjax/evaluate.py).
 """
 
@@ -21,6 +23,7 @@ from ganjax import metrics, parallel
 from ganjax.checkpoint import CheckpointError, load_generator, resolve
 from ganjax.config import base_config
 from ganjax.evaluate import Evaluator, InceptionWeightsMissing
+from ganjax.metrics.protocols import PROTOCOLS
 from ganjax.metrics.scores import parse_metrics
 
 flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl is appended here (and the checkpoint's "
@@ -33,6 +36,8 @@ flags.DEFINE_string("metrics", "", "comma list of fid, kid, pr (default: config.
 flags.DEFINE_bool("per_class", None, "a conditional generator's FID per class too (default: config.eval.per_class)")
 flags.DEFINE_string("inception_path", "", "FID Inception .npz (default: config.eval.inception_path, else "
                     "~/.cache/ganjax/inception_fid.npz)")
+flags.DEFINE_enum("fid_protocol", None, list(PROTOCOLS), "how images reach the Inception (ganjax/metrics/"
+                  "protocols.py; default: config.eval.fid_protocol); FIDs of different protocols are not comparable")
 flags.DEFINE_integer("batch_size", None, "images per generator/Inception call (default: config.eval.batch_size)")
 flags.DEFINE_float("psi", 1.0, "truncation psi of the generated images (1 = none, the field's convention)")
 flags.DEFINE_integer("seed", 0, "seed of the generated latents and noise")
@@ -67,6 +72,8 @@ def main(argv):
         raise SystemExit(f"ganjax eval: {e}") from None
     if FLAGS.data_dir is not None:
         config.data.data_dir = FLAGS.data_dir
+    if FLAGS.fid_protocol is not None:
+        config.eval.fid_protocol = FLAGS.fid_protocol
     try:
         evaluator = Evaluator(config, mesh, num_images=FLAGS.num_images, metrics=FLAGS.metrics or None,
                               inception_path=FLAGS.inception_path or None, batch_size=FLAGS.batch_size,
@@ -81,7 +88,7 @@ def main(argv):
     seconds = time.time() - start
     step = _step_of(kind, directory)
     record = {"kind": "eval", "checkpoint": directory, "eval/num_images": evaluator.num_images,
-              "eval/psi": FLAGS.psi, "eval/seconds": seconds, **scores}
+              "eval/fid_protocol": evaluator.protocol, "eval/psi": FLAGS.psi, "eval/seconds": seconds, **scores}
     if step is not None:
         record = {"step": step, "kimg": step * int(config.train.batch_size) / 1000, **record}
     if jax.process_index() == 0:

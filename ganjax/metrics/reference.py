@@ -8,14 +8,19 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ganjax.metrics import extract
+from ganjax.metrics import extract, protocols
 from ganjax.metrics.stats import FeatureStats
+
+
+def fid_protocol(config) -> str:
+    """config.eval.fid_protocol (configs saved before the field existed: the default, what they used)."""
+    return protocols.get(config.eval.get("fid_protocol", protocols.DEFAULT)).name
 
 
 def reference_cache_path(config, num_images, cache_dir=None):
     """Where the statistics of `num_images` reals (None = all) of config.data at config.model.resolution live:
     <cache_dir or data.data_dir or $TFDS_DATA_DIR or ~/tensorflow_datasets>/ganjax_fid_stats/<name>.npz,
-    the name readable plus a hash of every data field that changes the images."""
+    the name readable plus a hash of every data field that changes the images, and the FID protocol."""
     d = config.data
     key = {
         "dataset": d.dataset,
@@ -25,10 +30,11 @@ def reference_cache_path(config, num_images, cache_dir=None):
         "aspect_ratio": d.aspect_ratio,
         "resolution": config.model.resolution,
         "num_images": num_images,
+        "fid_protocol": fid_protocol(config),  # statistics of another protocol are never reused
     }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     count = "all" if num_images is None else str(num_images)
-    name = f"{d.dataset}-{d.split}-{config.model.resolution}px-{count}-{digest}.npz"
+    name = f"{d.dataset}-{d.split}-{config.model.resolution}px-{count}-{fid_protocol(config)}-{digest}.npz"
     root = cache_dir or d.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
     return os.path.join(root, "ganjax_fid_stats", name)
 

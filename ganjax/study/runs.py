@@ -16,7 +16,7 @@ import os
 import ml_collections
 
 from ganjax.config import base_config
-from ganjax.metrics.inception import PREPROCESSING
+from ganjax.metrics.reference import fid_protocol
 from ganjax.train import length
 from ganjax.train.loop import HARDWARE_FILE
 
@@ -52,8 +52,7 @@ def protocol(config) -> str:
     n = int(e.num_images)
     count = f"{n // 1000}k" if n % 1000 == 0 else str(n)
     dataset = d.folder if d.dataset == "folder" else d.dataset
-    preprocessing = e.get("fid_protocol", PREPROCESSING)
-    return f"FID-{count}, {dataset} {config.model.resolution}x{config.model.resolution}, {preprocessing}"
+    return f"FID-{count}, {dataset} {config.model.resolution}x{config.model.resolution}, {fid_protocol(config)}"
 
 
 def group_of(config, keys) -> str:
