@@ -5,6 +5,7 @@
 - tf_names.py:    TF variable names -> the reference PyTorch state_dict names and layouts.
 - infer.py:       the ganjax `model` config from the weights' shapes and the pickle's recorded settings.
 - torch_names.py: reference PyTorch names -> ganjax variable paths with layout transforms.
+- derived.py:     the buffers ganjax computes (FIR kernels, grid encodings) checked against the snapshot's.
 - gansformer.py:  `convert(src, out_dir)` (the `ganjax convert gansformer` command), `read_source`,
                   `build_variables`.
 """

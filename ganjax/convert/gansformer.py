@@ -22,10 +22,19 @@ import os
 import shutil
 import tempfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
+from ganjax.checkpoint import Checkpointer, flatten_with_names
+from ganjax.checkpoint.trees import config_to_dict
+from ganjax.config import base_config, validate
 from ganjax.convert import derived, infer, tf_names, torch_names
 from ganjax.convert.unpickle import ConvertError, TFNetwork, TorchModule, load
+from ganjax.models import ModelConfig, build_models
+from ganjax.models.mapping import example_labels
+from ganjax.train.state import TrainState, make_optimizers
 
 
 @dataclasses.dataclass
@@ -112,8 +121,6 @@ def _fill(target, mapped, unmatched, what, path):
 
 
 def _flat(tree, collection):
-    from ganjax.checkpoint import flatten_with_names
-
     return {(collection, name): leaf for name, leaf in flatten_with_names(tree).items()}
 
 
@@ -132,14 +139,6 @@ def _unflatten(flat, collection):
 
 def build_variables(source: Source, path: str = "<source>"):
     """(config, {'g': vars, 'g_ema': vars, 'd': params or None}) with ganjax variable trees of numpy arrays."""
-    import jax
-    import jax.numpy as jnp
-    from flax import linen as nn
-
-    from ganjax.config import base_config, validate
-    from ganjax.models import ModelConfig, build_models
-    from ganjax.models.mapping import example_labels
-
     for what, tensors in (("generator", source.g_ema), ("generator", source.g), ("discriminator", source.d)):
         if tensors is not None:
             derived.check(tensors, what, path)
@@ -177,14 +176,6 @@ def build_variables(source: Source, path: str = "<source>"):
 
 
 def _write_workdir(workdir, config, variables):
-    import jax
-    import jax.numpy as jnp
-
-    from ganjax.checkpoint import Checkpointer
-    from ganjax.checkpoint.trees import config_to_dict
-    from ganjax.models import ModelConfig, build_models
-    from ganjax.train.state import TrainState, make_optimizers
-
     if variables["d"] is None:
         raise ConvertError("the source has no discriminator; a ganjax training checkpoint needs one")
     model_cfg = ModelConfig.from_config(config.model)
