@@ -47,6 +47,13 @@ def test_train_override_reaches_the_trainer(tmp_path):
         resolved = json.load(f)
     assert resolved["train"]["lr_g"] == 0.0005 and resolved["model"]["channel_max"] == 16
     assert resolved["train"]["r1_gamma"] == 0.1  # untouched preset values survive
+    # ... and the optimizers ran at them, with the reference's lazy-regularisation scaling: G at the overridden lr
+    # x 4/5 (the path-length interval 4 counts even with path length off, as in the authors' and StyleGAN2-ADA's
+    # loop), D at the preset's 0.002 x 16/17 (lazy R1 every 16)
+    with open(workdir / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f if '"lr/g"' in line]
+    assert logged and logged[-1]["lr/g"] == pytest.approx(0.0005 * 4 / 5, rel=1e-6)
+    assert logged[-1]["lr/d"] == pytest.approx(0.002 * 16 / 17, rel=1e-6)
 
 
 def test_bad_override_stops_train_before_compiling(tmp_path):
