@@ -231,8 +231,8 @@ def image_generator(G, batch: int, sharding, psi: float = 1.0):
 
 class PeriodicEvaluation:
     """The training loop's evaluation: scores G_ema and returns {"fid": ..., ..., "eval/num_images": N,
-    "eval/fid_protocol": ..., "eval/seconds": ...} for the loop to log, at the steps ganjax/train/length.py's EvalSchedule names; the
-    Checkpointer reads "fid" from the logged history to keep the best checkpoint."""
+    "eval/fid_protocol": ..., "eval/seconds": ...} for the loop to log, at the steps ganjax/train/length.py's
+    EvalSchedule names; the Checkpointer reads "fid" from the logged history to keep the best checkpoint."""
 
     def __init__(self, config, G, mesh, stop=None):
         self.G = G

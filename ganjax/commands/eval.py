@@ -7,8 +7,8 @@ dataset's cached reference statistics, all work split over every device. Prints 
 record {"kind": "eval", "step", "kimg", "checkpoint", "eval/num_images", "eval/fid_protocol", "fid", ...} to
 DIR/metrics.jsonl.
 Needs the Inception weights once: `ganjax convert inception --out <path>` (default path: see --inception_path).
-Defaults (N, metrics, weights path, batch, per class, FID protocol) come from the checkpoint's config.eval. --per_class: a
-conditional generator's FID per class too (fid/class<c>, fid/class_mean; ganjax/evaluate.py).
+Defaults (N, metrics, weights path, batch, per class, FID protocol) come from the checkpoint's config.eval.
+--per_class: a conditional generator's FID per class too (fid/class<c>, fid/class_mean; ganjax/evaluate.py).
 """
 
 import json
@@ -37,7 +37,8 @@ flags.DEFINE_bool("per_class", None, "a conditional generator's FID per class to
 flags.DEFINE_string("inception_path", "", "FID Inception .npz (default: config.eval.inception_path, else "
                     "~/.cache/ganjax/inception_fid.npz)")
 flags.DEFINE_enum("fid_protocol", None, list(PROTOCOLS), "how images reach the Inception (ganjax/metrics/"
-                  "protocols.py; default: config.eval.fid_protocol); FIDs of different protocols are not comparable")
+                  "protocols.py; default: config.eval.fid_protocol); FIDs of different protocols are not "
+                  "comparable")
 flags.DEFINE_integer("batch_size", None, "images per generator/Inception call (default: config.eval.batch_size)")
 flags.DEFINE_float("psi", 1.0, "truncation psi of the generated images (1 = none, the field's convention)")
 flags.DEFINE_integer("seed", 0, "seed of the generated latents and noise")
