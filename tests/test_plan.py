@@ -180,3 +180,13 @@ def test_the_largest_batch_that_fits_grows_with_the_chips_hbm():
     small = report.max_batch(c, "v5e-4", "fsdp", step=64, limit=512, log=print)
     big = report.max_batch(c, "v5p-8", "fsdp", step=64, limit=512, log=print)
     assert 0 < small["max_batch_per_chip"] < big["max_batch_per_chip"], (small, big)
+
+
+def test_an_assumed_mfu_above_the_roofline_ceiling_is_flagged():
+    """The cost at an assumed MFU whose step is faster than the roofline's is marked unreachable, never shown
+    as a plain estimate (found on v6e-8: 40% assumed against a 25.9% ceiling gave a cost below the roofline's)."""
+    from ganjax.plan.roofline import run_cost
+
+    c = base_config()
+    assert run_cost(c, 8, 0.182, 0.118, 0.4, 0.0)["assumed_beats_roofline"]
+    assert not run_cost(c, 8, 0.107, 0.190, 0.4, 0.0)["assumed_beats_roofline"]

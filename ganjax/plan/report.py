@@ -61,7 +61,10 @@ def markdown(rec: dict) -> str:
                   f"TFLOP per chip per iteration, XLA {it['flops'] / 1e12:.4g}).", ""]
         cost = rec["cost"]
         lines.append(f"Cost of {cost['length']}:")
-        for key, label in (("roofline", "at the roofline"), ("assumed_mfu", f"at MFU {cost['assume_mfu']:g} (assumed)")):
+        assumed = f"at MFU {cost['assume_mfu']:g} (assumed"
+        assumed += (f"; above this program's roofline ceiling of {100 * it['mfu_ceiling']:.1f}%, so faster than any "
+                    "run can go: the roofline line above is the bound)" if cost.get("assumed_beats_roofline") else ")")
+        for key, label in (("roofline", "at the roofline"), ("assumed_mfu", assumed)):
             k = cost[key]
             money = (f", {k['cost']:,.0f} at {cost['price_per_chip_hour']:g} per chip-hour" if k["cost"] is not None
                      else " (no price given: --price or config.train.price_per_device_hour)")

@@ -138,9 +138,11 @@ def run_cost(config, chips: int, roofline_step_s: float, assumed_step_s: float, 
              price_per_chip_hour: float) -> dict:
     """Chip-hours (and money, with a price) of the run's length (ganjax/train/length.py) at two step times:
     a kimg length or a compute budget is a known step count; a device-hours or money budget is the chip
-    time itself, in which the step time sets how many iterations fit."""
+    time itself, in which the step time sets how many iterations fit. An assumed MFU above the roofline's
+    ceiling gives a step faster than the roofline, which no run reaches: `assumed_beats_roofline` says so."""
     length = RunLength(config)
-    out = {"length": length.describe(), "assume_mfu": assume_mfu, "price_per_chip_hour": price_per_chip_hour or None}
+    out = {"length": length.describe(), "assume_mfu": assume_mfu, "price_per_chip_hour": price_per_chip_hour or None,
+           "assumed_beats_roofline": assumed_step_s < roofline_step_s}
     for key, step_s in (("roofline", roofline_step_s), ("assumed_mfu", assumed_step_s)):
         steps = (length.total_steps if not length.wall_clock
                  else max(1, int(length.budget_seconds / chips / step_s)))
