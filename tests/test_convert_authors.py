@@ -37,7 +37,9 @@ EXPECTED = {
                          global_modulation=True, attention="none", architecture_g="skip", mbstd_group=4),
 }
 IMAGE_RTOL = 1e-5  # max |diff| / value range, images and ws
-LOGIT_RTOL = 1e-5  # max |diff| / max |logit|
+# max |diff| / max |logit|: a logit is a small difference of much larger intermediate terms (the perturbed
+# weights' activations), so its rounding is larger relative to it; measured worst 4.9e-6 (clevr32, random reals)
+LOGIT_RTOL = 5e-5
 ATTENTION_ATOL = 1e-4  # attention probabilities
 R1_RTOL = 1e-3  # per sample, relative
 
