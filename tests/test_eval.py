@@ -25,7 +25,7 @@ NUM_REALS = 64
 
 def _standin_features(params, images, protocol=None):
     """[N, H, W, 3] -> [N, 12]: per-channel mean, std and two corner pixels of the [-1, 1] images."""
-    x = inception.to_unit_range(images)
+    x = inception.to_levels(images) / 127.5 - 1.0
     pooled = jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), x[:, 0, 0], x[:, -1, -1]], axis=-1)
     return pooled * params["scale"]
 

@@ -187,7 +187,7 @@ D_STANDIN = 12
 
 def _standin_features(params, images, protocol=None):
     """Cheap stand-in for the Inception network with the same input handling: [N, H, W, 3] -> [N, 12]."""
-    x = inception.to_unit_range(images)
+    x = inception.to_levels(images) / 127.5 - 1.0
     pooled = jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), x[:, 0, 0], x[:, -1, -1]], axis=-1)
     return pooled * params["scale"]
 

@@ -22,7 +22,7 @@ WORKER = textwrap.dedent("""
     from ganjax.metrics import inception
 
     inception.features = (lambda params, images, protocol=None:
-                          inception.to_unit_range(images).mean(axis=(1, 2)) * params["s"])
+                          (inception.to_levels(images) / 127.5 - 1.0).mean(axis=(1, 2)) * params["s"])
     images = np.random.default_rng(0).integers(0, 256, (2, 10, 6, 6, 3), dtype=np.uint8)  # [process, n, ...]
     ex = metrics.FeatureExtractor({"s": jnp.float32(3.0)})
     out = {"devices": ex.mesh.size}

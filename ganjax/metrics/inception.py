@@ -133,11 +133,6 @@ def to_levels(images):
     raise TypeError(f"images must be uint8 [0, 255] or float [-1, 1], got dtype {images.dtype}")
 
 
-def to_unit_range(images):
-    """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1] on the 8-bit grid (see to_levels)."""
-    return to_levels(images) / 127.5 - 1.0
-
-
 def features(params, images, protocol: str = protocols.DEFAULT):
     """[N, H, W, 3] uint8 or float [-1, 1] images (any size) -> [N, 2048] float32 pool3 features, the images
     brought to the network's 299x299 input as the FID `protocol` does (ganjax/metrics/protocols.py)."""
