@@ -5,8 +5,9 @@ what it sees is in group i mod (n / G), as the reference. What D sees depends on
 - dp, fsdp, fsdp_tp (one global program): the whole global batch, however it is sharded, so these strategies
   and one device group the same samples;
 - train.grad_accum = a: micro-batch j holds global rows j, j + a, j + 2a, ... (ganjax/train/step.py), each
-  grouped on its own; row i is then in group (i mod a, (i // a) mod (B / (a G))), which is i mod (B / G):
-  the same groups as the whole batch, whatever a is;
+  grouped on its own; while a micro-batch holds at least model.mbstd_group samples, row i is in group
+  (i mod a, (i // a) mod (B / (a G))), which is i mod (B / G): the same groups as the whole batch, whatever
+  a is (a smaller micro-batch is one smaller group of its own);
 - shard_map over S devices: device d holds the contiguous rows d * B/S .. (d + 1) * B/S - 1 (and splits those
   into micro-batches the same way), each device grouped on its own: other groups than one device's, so its
   D statistics differ from one device's by exactly that regrouping (tests/test_nn.py).
