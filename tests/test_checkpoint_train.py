@@ -4,11 +4,13 @@ Every run continues the same 6-step reference run (batch 8, a checkpoint every 2
 with the reference's exact train state: after a restart, after SIGTERM, after kill -9 during a save, and
 after 2 processes hand over to 1. Resharded restore reads the reference under other meshes.
 
-Cost: a training process is ~20 s of CPU when its step is in the shared compilation cache, ~1-2 min when
-it must compile it, so the config keeps R1 on every step (one step program, not two) and the processes
-whose outcome is checked later start early and run side by side (CI has 2 cores): the 2-process run
-(its own compilation) next to the reference, the first halves of the SIGTERM and kill -9 cases right
-after it.
+R1 is lazy (every 4th step, at 0 and 4), so every restart at step 2 crosses a lazy step: the resumed run must
+run the R1 variant at step 4 and scale D's Adam as the uninterrupted one.
+
+Cost: a training process is ~20 s of CPU when its two step programs are in the shared compilation cache,
+~1-3 min when it must compile them, so the processes whose outcome is checked later start early and run
+side by side (CI has 2 cores): the 2-process run (its own compilation) next to the reference, the first
+halves of the SIGTERM and kill -9 cases right after it.
 """
 
 import json
@@ -69,7 +71,7 @@ def tiny_train_config(data_dir, steps=STEPS, overrides=None):
     c.data.dataset, c.data.num_images, c.data.data_dir = "shapes", 64, data_dir
     t = c.train
     t.batch_size, t.total_kimg, t.log_every, t.sample_every_kimg = 8, steps * 0.008, 1, 0.0
-    t.r1_interval = 1  # R1 (the double backward) on every step, so one step program serves every run
+    t.r1_interval = 4  # R1 at steps 0 and 4: a run restarted from step 2 must pick the R1 variant up again
     c.checkpoint.every_kimg, c.checkpoint.keep = 0.016, 10  # a checkpoint every 2 steps, all kept
     for key, value in (overrides or {}).items():
         *section, field = key.split(".")
@@ -188,7 +190,7 @@ def reference(env, early):
 
 
 def losses(history):
-    return [(h["step"], h["G/loss"], h["D/loss"]) for h in history]
+    return [(h["step"], h["G/loss"], h["D/loss"], h.get("D/r1_penalty")) for h in history]
 
 
 def assert_same_run(env, workdir, reference):
@@ -213,6 +215,9 @@ def test_restart_resumes_exactly(env, reference):
     assert "resumed from" in out and "step 3/6" in out and "step 2/6" not in out  # it did not start over
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
     assert_same_run(env, workdir, reference)
+    _, _, extras = reference
+    # the lazy R1 ran at iterations 0 and 4 (logged as steps 1 and 5): the restart crossed one
+    assert [h["step"] for h in extras["metrics_history"] if "D/r1_penalty" in h] == [1, 5]
 
 
 def test_sigterm_finishes_the_step_saves_exits_0_and_resumes(env, reference, early):

@@ -1,12 +1,16 @@
 """Two processes x 2 CPU devices (jax.distributed + gloo on 127.0.0.1) run the same 2 steps as one
-process with 4 devices."""
+process with 4 devices; of two processes in collectives, one killed makes the other exit within its heartbeat
+timeout."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -128,3 +132,66 @@ def test_two_processes_match_one_process(tmp_path):
         travelled = float(np.abs(w - w0).max())
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-2 * travelled + 1e-6 * max(float(np.abs(w).max()), 1.0),
                                    err_msg=f"parameter leaf {i} {w.shape}")
+
+
+# A light worker of the heartbeat test: joins through ganjax's distributed setup with a 10 s heartbeat, then
+# all-reduces a small array every 50 ms (no model: nothing to compile but a sum).
+HEARTBEAT_WORKER = textwrap.dedent("""
+    import os, sys, time
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_num_cpu_devices", 1)
+    sys.path.insert(0, os.environ["TESTS_DIR"])
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from ganjax import parallel
+    from test_multihost import config
+
+    c = config(process_id=int(sys.argv[1]), port=int(sys.argv[2]))
+    c.parallel.heartbeat_timeout_s = int(sys.argv[3])
+    assert parallel.maybe_initialize_distributed(c)
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), jnp.ones((1,)), (2,))
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))
+    for i in range(100000):
+        assert float(total(x)) == 2.0
+        if i % 20 == 0:
+            print("process", jax.process_index(), "all-reduce", i, flush=True)
+        time.sleep(0.05)
+""")
+
+
+@pytest.mark.slow  # ~30 s: two processes, one killed, the other waits out its heartbeat timeout
+def test_a_killed_process_makes_the_other_exit_within_the_heartbeat_timeout(tmp_path):
+    """kill -9 of process 1 while both all-reduce: process 0 exits non-zero within the heartbeat timeout
+    (config.parallel.heartbeat_timeout_s, 10 s here) plus a margin, naming the lost task, instead of hanging in a
+    collective (the README's multi-host section)."""
+    heartbeat = 10
+    port = _free_port()
+    env = dict(os.environ, TESTS_DIR=os.path.dirname(__file__), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", HEARTBEAT_WORKER, str(i), str(port), str(heartbeat)], env=env,
+                              stdout=open(logs[i], "w"), stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while "all-reduce 20" not in logs[1].read_text():  # both are past their start and in collectives
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                log.read_text()[-2000:] for log in logs]
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        rc = procs[0].wait(timeout=heartbeat + 60)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    out = logs[0].read_text()
+    print(f"process 0 exited {rc} {waited:.1f} s after process 1 was killed")
+    assert rc != 0, out[-2000:]
+    assert waited < heartbeat + 30, (waited, out[-2000:])
+    # the runtime names the lost task (either line, depending on where process 0 was when it noticed)
+    assert "Task 1 heartbeat timeout" in out or re.search(r"unhealthy \(stopped sending heartbeats\):\s*1\b", out), \
+        out[-3000:]
