@@ -14,8 +14,18 @@ import json
 import os
 import sys
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
+
+from ganjax import compilation_cache
+from ganjax.bench import peaks, run, scaling_report, sweep as sweep_lib
+from ganjax.config import validate
+from ganjax.plan import tpu
+
+# The virtual CPU device count (jax_num_cpu_devices) and libtpu's environment (tpu.prepare_environment) are
+# set in main, before anything asks JAX for a device: they only have to precede the backends' start, which
+# none of these imports triggers.
 
 config_flags.DEFINE_config_file("config", None, "config file and preset, e.g. configs/bench.py:cpu_small")
 flags.DEFINE_string("mesh", "", "mesh, e.g. dp=8,fsdp=1,model=1 ('' = the config's parallel section)")
@@ -38,8 +48,6 @@ def _csv(text, cast=str):
 
 
 def _setup_devices(config):
-    from ganjax.bench import sweep as sweep_lib
-
     need = FLAGS.cpu_devices
     if not need:
         need = 8 if (FLAGS.sweep or FLAGS.scaling) else 1
@@ -49,8 +57,6 @@ def _setup_devices(config):
             dims = [config.parallel.mesh_data, config.parallel.mesh_fsdp, config.parallel.mesh_model]
             if -1 not in dims:
                 need = max(need, dims[0] * dims[1] * dims[2])
-    import jax
-
     jax.config.update("jax_num_cpu_devices", need)
     return need
 
@@ -61,18 +67,9 @@ def main(argv):
     config = FLAGS.config
     if config is None:
         raise SystemExit("ganjax bench: --config FILE:PRESET is required")
-    from ganjax.bench import run, sweep as sweep_lib
-    from ganjax.config import validate
-
     if FLAGS.scaling:  # may compile for an abstract TPU slice (libtpu reads its environment when it loads)
-        from ganjax.plan import tpu
-
         tpu.prepare_environment()
     cpu_devices = _setup_devices(config)
-    import jax
-
-    from ganjax import compilation_cache
-
     cache_dir = compilation_cache.enable(config.compilation_cache)
 
     b = config.bench
@@ -87,16 +84,12 @@ def main(argv):
         config.train.batch_size = FLAGS.batch
     device_key = FLAGS.device or None
     if device_key:
-        from ganjax.bench import peaks
-
         peaks.lookup(device_key)  # fail early on an unknown name
     out = FLAGS.out
     if out:
         os.makedirs(out, exist_ok=True)
 
     if FLAGS.scaling:
-        from ganjax.bench import scaling_report
-
         if not device_key:
             raise SystemExit("ganjax bench --scaling: name the target with --device (v4 v5e v5p v6e a100 h100 h200)")
         text = scaling_report.report(config, device_key, log=logging.info)
