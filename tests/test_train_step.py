@@ -1,5 +1,7 @@
-"""The jitted train step: strategies agree with one device, FSDP memory, lazy schedule, no recompiles,
-non-finite skips, gradient accumulation. Tiny models (16x16, <= 16 channels, batch 8)."""
+"""The jitted train step: the global strategies agree with one device with the presets' randomness and
+minibatch-std groups, shard_map with one device by its regrouping, FSDP memory, lazy schedule, no recompiles,
+non-finite skips (through the batch, G's loss and the path length), gradient accumulation. Tiny models (16x16,
+<= 16 channels, batch 8)."""
 
 import jax
 import jax.numpy as jnp
