@@ -139,6 +139,35 @@ def test_mixed_precision_conv_vjp_is_exact_in_float32():
         np.testing.assert_allclose(jax.grad(r1(ours))(w), jax.grad(r1(xla))(w), atol=1e-3, rtol=1e-4)
 
 
+def test_mixed_precision_float32_result_is_the_unrounded_sum():
+    """float32_result=True (attention logits): the float32 sum of the bf16 products, not rounded to bf16; its
+    gradients take the bf16 path as plain precision.einsum's do; float32 operands are plain jnp.einsum."""
+    from ganjax.nn import precision
+    a, b = jnp.asarray(randn(4, 64, 32)), jnp.asarray(randn(32, 16))
+    a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    y = precision.einsum("bik,ko->bio", a16, b, float32_result=True)
+    assert y.dtype == jnp.float32
+    # bf16 x bf16 products are exact in float32 (8 + 8 significant bits), so only the order of the 32-term sum
+    # rounds: at most 32 float32 ulps of the sum of |products|.
+    a32, b32 = a16.astype(jnp.float32), b16.astype(jnp.float32)
+    bound = 32 * 2.0 ** -24 * np.asarray(jnp.einsum("bik,ko->bio", jnp.abs(a32), jnp.abs(b32)))
+    assert np.all(np.abs(np.asarray(y) - np.asarray(jnp.einsum("bik,ko->bio", a32, b32))) <= bound)
+    rounded = precision.einsum("bik,ko->bio", a16, b).astype(jnp.float32)
+    assert float(jnp.abs(y - rounded).max()) > 0  # it really is not the bf16-rounded result
+    loss = lambda f32: lambda a, b: jnp.sum(jnp.sin(precision.einsum("bik,ko->bio", a, b, float32_result=f32)  # noqa: E731
+                                                   .astype(jnp.float32)))
+    g32, g16 = jax.grad(loss(True), (0, 1))(a16, b16), jax.grad(loss(False), (0, 1))(a16, b16)
+    ref = jax.grad(lambda a, b: jnp.sum(jnp.sin(jnp.einsum("bik,ko->bio", a, b))), (0, 1))(a32, b32)
+    for g, h, r in zip(g32, g16, ref):
+        assert g.dtype == jnp.bfloat16
+        # the same bf16 path as the rounded einsum's gradient: both within bf16 rounding of the float32 one
+        scale = float(jnp.abs(r).max())
+        assert float(jnp.abs(g.astype(jnp.float32) - r).max()) < 2e-2 * scale
+        assert float(jnp.abs(h.astype(jnp.float32) - r).max()) < 2e-2 * scale
+    np.testing.assert_array_equal(precision.einsum("bik,ko->bio", a, b, float32_result=True),
+                                  jnp.einsum("bik,ko->bio", a, b))
+
+
 def test_mixed_precision_contractions_accumulate_in_float32():
     """bfloat16 einsums/convs: bf16 results, float32 sums (one rounding), gradients through the same path."""
     from ganjax.nn import precision

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ganjax.nn import precision
 from ganjax.nn.layers import Dense, boxed_param, constant
 
 KINDS = ("simplex", "official", "duplex")
@@ -117,17 +118,20 @@ class BipartiteAttention(nn.Module):
             # each head's centroids are scattered into that head's 2S columns of a zero [.., N, T, 2D] tensor
             # (masked), and the contraction is split into its Q half (batched) and its P half (P has no batch
             # axis, so it is one small matmul whose gradient needs no reduction over a broadcast batch).
+            # The [B, F, D] queries stay in the compute dtype (with bfloat16, half the HBM traffic of a float32
+            # copy); the logits [B, N, F, T] (T << D) are summed and kept in float32.
             mask = jnp.asarray(np.kron(np.eye(n, dtype=np.float32), np.ones((1, 2 * s), np.float32)))  # [N, 2D]
-            q32, p32 = q_plain.astype(jnp.float32), px[0].astype(jnp.float32)
+            p32 = px[0].astype(jnp.float32)
 
             def spread(cents):  # [.., N, T, 2S] -> [.., N, T, 2D], zero outside each head's columns
                 full = jnp.tile(cents, (1,) * (cents.ndim - 1) + (n,))
                 return full * mask[:, None, :]
 
             weight = spread(att_weight * centroids[0] * scale)  # [N, T, 2D]
-            logits = (jnp.einsum("bfc,ntc->bnft", q32, weight[..., :self.dim])
+            logits = (precision.einsum("bfc,ntc->bnft", q_plain, weight[..., :self.dim], float32_result=True)
                       + jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:]))
             probs = self._softmax_dropout(logits, train)
+            q32 = q_plain.astype(jnp.float32)
             for _ in range(1, self.kmeans_iters):
                 a = assignments(probs)  # [B, N, T, F]
                 cents = jnp.concatenate([jnp.einsum("bntf,bfc->bntc", a, q32),
@@ -137,8 +141,8 @@ class BipartiteAttention(nn.Module):
                           + jnp.einsum("fc,bntc->bnft", p32, weight[..., self.dim:]))
                 probs = self._softmax_dropout(logits, train)
         elif self.kind == "simplex":
-            logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries, n).astype(jnp.float32),
-                                split_heads(keys, n).astype(jnp.float32)) * scale
+            logits = precision.einsum("bnfd,bntd->bnft", split_heads(queries, n), split_heads(keys, n),
+                                      float32_result=True) * scale
             probs = self._softmax_dropout(logits, train)
         else:  # duplex: the latents first gather from the image (bottom-up); what they gather are the keys
             img_keys = self._dense("img_keys", self.dim, self.from_axis)(x)
@@ -157,11 +161,12 @@ class BipartiteAttention(nn.Module):
             update = Dense(y.shape[-1], axes=("heads", self.to_axis), dtype=self.dtype, name="ltnt_update")(
                 gathered.astype(self.dtype)).astype(jnp.float32)
 
-        control = merge_heads(jnp.einsum("bnft,bntd->bnfd", probs, split_heads(values, n).astype(jnp.float32)))
-        out = att_norm(x, self.integration) if self.norm else x.astype(jnp.float32)
+        # control [B, F, D] in the compute dtype: it only feeds the modulation dense layer, which takes that dtype.
+        control = merge_heads(precision.einsum("bnft,bntd->bnfd", probs.astype(self.dtype), split_heads(values, n)))
         width = 2 * self.dim if self.integration == "both" else self.dim
         ctrl = Dense(width, axes=("heads", self.from_axis), dtype=self.dtype, name="modulation")(
             control.astype(self.dtype)).astype(jnp.float32)
+        out = att_norm(x, self.integration) if self.norm else x.astype(jnp.float32)
         if self.integration == "both":
             gain, bias = jnp.split(ctrl, 2, axis=-1)
         else:

@@ -28,9 +28,12 @@ def is_mixed(dtype) -> bool:
     return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def einsum(spec: str, a, b):
+def einsum(spec: str, a, b, *, float32_result: bool = False):
     """jnp.einsum of two operands; 16-bit `a` gets float32 accumulation and the custom VJP (b is cast to a's
-    dtype). Every index of one operand must appear in the other operand or in the output."""
+    dtype). Every index of one operand must appear in the other operand or in the output.
+
+    float32_result: keep the float32 sum instead of rounding it to a's dtype (for a small result that feeds
+    a softmax, such as attention logits); the gradient contractions still run in a's dtype."""
     if not is_mixed(a.dtype):
         return jnp.einsum(spec, a, b.astype(a.dtype))
     ins, out = spec.replace(" ", "").split("->")
@@ -44,7 +47,7 @@ def einsum(spec: str, a, b):
         if set(own) - set(other + out):
             raise ValueError(f"precision.einsum {spec!r}: an operand sums over an index of its own; "
                              "write that reduction separately")
-    return _mixed_einsum(f"{sa},{sb}->{out}", a, b.astype(a.dtype))
+    return _mixed_einsum(f"{sa},{sb}->{out}", bool(float32_result), a, b.astype(a.dtype))
 
 
 def _contract32(spec, a, b):
@@ -75,21 +78,22 @@ def _contract32(spec, a, b):
     return y.reshape([size[c] for c in order]).transpose([order.index(c) for c in out])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _mixed_einsum(spec, a, b):
-    return _contract32(spec, a, b).astype(a.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_einsum(spec, float32_result, a, b):
+    y = _contract32(spec, a, b)
+    return y if float32_result else y.astype(a.dtype)
 
 
-def _mixed_einsum_fwd(spec, a, b):
-    return _mixed_einsum(spec, a, b), (a, b)
+def _mixed_einsum_fwd(spec, float32_result, a, b):
+    return _mixed_einsum(spec, float32_result, a, b), (a, b)
 
 
-def _mixed_einsum_bwd(spec, res, g):
+def _mixed_einsum_bwd(spec, float32_result, res, g):
     a, b = res
     ins, out = spec.split("->")
     sa, sb = ins.split(",")
     g = g.astype(a.dtype)
-    return _mixed_einsum(f"{out},{sb}->{sa}", g, b), _mixed_einsum(f"{sa},{out}->{sb}", a, g)
+    return _mixed_einsum(f"{out},{sb}->{sa}", False, g, b), _mixed_einsum(f"{sa},{out}->{sb}", False, a, g)
 
 
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
