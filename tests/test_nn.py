@@ -436,7 +436,7 @@ def np_attention(p, kind, integration, norm, heads, iters, x, y, xp, yp):
 
 @pytest.mark.parametrize("kind,integration,heads,iters", [
     ("simplex", "mul", 1, 1), ("simplex", "add", 2, 1), ("simplex", "both", 2, 1),
-    ("official", "mul", 1, 1), ("official", "mul", 2, 3), ("official", "both", 1, 2),
+    ("official", "mul", 1, 1), ("official", "add", 2, 1), ("official", "mul", 2, 3), ("official", "both", 1, 2),
     ("duplex", "mul", 2, 1), ("duplex", "add", 1, 1)])
 def test_attention_matches_numpy(kind, integration, heads, iters):
     b, f, t, c, w = 2, 16, 5, 8, 12
@@ -444,8 +444,8 @@ def test_attention_matches_numpy(kind, integration, heads, iters):
     att = BipartiteAttention(c, heads=heads, kind=kind, integration=integration, norm=True, kmeans_iters=iters)
     v = att.init(jax.random.key(1), x, y, xp, yp)
     p = jax.tree_util.tree_map(np.asarray, meta.unbox(v["params"]))
-    if "modulation" in p:  # a non-trivial integration (bias starts at 0 otherwise)
-        p["modulation"]["bias"] = randn(*p["modulation"]["bias"].shape)
+    for name in ("modulation", "to_queries"):  # non-zero biases (they start at 0): the folds must carry them
+        p[name]["bias"] = randn(*p[name]["bias"].shape)
     out, probs, update = att.apply({"params": p}, x, y, xp, yp)
     ref_out, ref_probs, ref_update = np_attention(p, kind, integration, True, heads, iters, x, y, xp, yp)
     np.testing.assert_allclose(probs, ref_probs, atol=1e-5, rtol=1e-4)

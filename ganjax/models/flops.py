@@ -116,21 +116,24 @@ def _attention_synthesis(cfg, name, res, c) -> list[Layer]:
     # q (c x c); k, v, from_pos, to_pos (w x c); modulation (c x c, or c x 2c for "both")
     out_c = 2 * c if _get(cfg, "integration") == "both" else c
     params = (c * c + c) + 4 * (w * c + c) + (c * out_c + out_c)
-    flops = dense_flops(f, c, c) + dense_flops(t, w, c)  # queries, values
+    flops = dense_flops(t, w, c)  # values
     flops += dense_flops(f, w, c)  # grid position map (fixed grid, but applied per image)
     if kind == "official":
         params += 2 * c + t * 2 * c  # att_weight [heads, 1, 2c/heads], centroids [1, heads, t, 2c/heads]
         iters = _get(cfg, "kmeans_iters")
+        # With one iteration the queries are folded into the centroids (ganjax/nn/attention.py): the logits
+        # contract x against [c, t] instead of forming x Wq (the [c, c] fold is per batch, not counted).
+        flops += dense_flops(f, c, c) if iters > 1 else 0.0
         flops += 2.0 * f * t * 2 * c * iters  # logits against the centroids, once per k-means iteration
         flops += 2.0 * t * f * 2 * c * (iters - 1)  # centroids recomputed from assignments
-    elif kind in ("simplex", "duplex"):  # keys (with latent positions) are live
-        flops += dense_flops(t, w, c) * 2 + 2.0 * f * t * c
+    elif kind in ("simplex", "duplex"):  # queries and keys (with latent positions) are live
+        flops += dense_flops(f, c, c) + dense_flops(t, w, c) * 2 + 2.0 * f * t * c
         if kind == "duplex":
             flops += 2.0 * t * f * c * 2  # latents attend to the image first (bottom-up)
     else:
         raise ValueError(f"model.attention: the FLOP counter has no layer walk for attention {kind!r}")
-    flops += 2.0 * f * t * c  # control = probs @ values
-    flops += dense_flops(f, c, out_c)  # integration modulation fc
+    # The integration fc is folded into the values: (probs V) Wm = probs (V Wm), V Wm [t, out_c] per image.
+    flops += dense_flops(t, c, out_c) + 2.0 * f * t * out_c
     return [Layer(name, "attention", flops, params)]
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganjax.nn import precision
-from ganjax.nn.layers import Dense, boxed_param, constant
+from ganjax.nn.layers import Dense, DenseWeights, boxed_param, constant
 
 KINDS = ("simplex", "official", "duplex")
 INTEGRATIONS = ("mul", "add", "both")
@@ -99,13 +99,19 @@ class BipartiteAttention(nn.Module):
         cast = lambda a: a.astype(self.dtype)  # noqa: E731
         x, y = cast(x), cast(y)
 
-        q_plain = self._dense("to_queries", self.dim, self.from_axis)(x)  # [B, F, D]
+        wq, bq = DenseWeights(self.dim, axes=(self.from_axis, "heads"), name="to_queries")(x.shape[-1])
         k_plain = self._dense("to_keys", self.dim, self.to_axis)(y)  # [B, T, D]
         values = self._dense("to_values", self.dim, self.to_axis)(y)
         px = self._dense("from_pos_map", self.dim, "embed")(cast(x_pos))[None] if x_pos is not None else None
         py = self._dense("to_pos_map", self.dim, "embed")(cast(y_pos))[None] if y_pos is not None else None
-        queries = q_plain if px is None else q_plain + px
         keys = k_plain if py is None else k_plain + py
+
+        def plain_queries():  # x Wq + bq [B, F, D], as the Dense layer "to_queries" computes it
+            return precision.einsum("...i,io->...o", x, wq.astype(self.dtype)) + bq.astype(self.dtype)
+
+        def queries():
+            q = plain_queries()
+            return q if px is None else q + px
 
         update = None
         if self.kind == "official":
@@ -118,8 +124,9 @@ class BipartiteAttention(nn.Module):
             # each head's centroids are scattered into that head's 2S columns of a zero [.., N, T, 2D] tensor
             # (masked), and the contraction is split into its Q half (batched) and its P half (P has no batch
             # axis, so it is one small matmul whose gradient needs no reduction over a broadcast batch).
-            # The [B, F, D] queries stay in the compute dtype (with bfloat16, half the HBM traffic of a float32
-            # copy); the logits [B, N, F, T] (T << D) are summed and kept in float32.
+            # With one iteration the queries are folded into the centroids: (x Wq + bq) C^T = x (Wq C^T) + bq C^T,
+            # a [C, N, T] matrix (T << D), so the [B, F, D] queries are never formed (in FLOPs and in memory
+            # traffic the largest part of the layer after its convolution). Logits are kept in float32.
             mask = jnp.asarray(np.kron(np.eye(n, dtype=np.float32), np.ones((1, 2 * s), np.float32)))  # [N, 2D]
             p32 = px[0].astype(jnp.float32)
 
@@ -128,10 +135,15 @@ class BipartiteAttention(nn.Module):
                 return full * mask[:, None, :]
 
             weight = spread(att_weight * centroids[0] * scale)  # [N, T, 2D]
-            logits = (precision.einsum("bfc,ntc->bnft", q_plain, weight[..., :self.dim], float32_result=True)
-                      + jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:]))
+            wc = weight[..., :self.dim]
+            pos_logits = jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:])
+            if self.kmeans_iters == 1:
+                logits = (precision.einsum("bfc,cnt->bnft", x, jnp.einsum("cd,ntd->cnt", wq, wc), float32_result=True)
+                          + (pos_logits + jnp.einsum("c,ntc->nt", bq, wc)[:, None]))
+            else:
+                q32 = plain_queries().astype(jnp.float32)
+                logits = jnp.einsum("bfc,ntc->bnft", q32, wc) + pos_logits
             probs = self._softmax_dropout(logits, train)
-            q32 = q_plain.astype(jnp.float32)
             for _ in range(1, self.kmeans_iters):
                 a = assignments(probs)  # [B, N, T, F]
                 cents = jnp.concatenate([jnp.einsum("bntf,bfc->bntc", a, q32),
@@ -141,7 +153,7 @@ class BipartiteAttention(nn.Module):
                           + jnp.einsum("fc,bntc->bnft", p32, weight[..., self.dim:]))
                 probs = self._softmax_dropout(logits, train)
         elif self.kind == "simplex":
-            logits = precision.einsum("bnfd,bntd->bnft", split_heads(queries, n), split_heads(keys, n),
+            logits = precision.einsum("bnfd,bntd->bnft", split_heads(queries(), n), split_heads(keys, n),
                                       float32_result=True) * scale
             probs = self._softmax_dropout(logits, train)
         else:  # duplex: the latents first gather from the image (bottom-up); what they gather are the keys
@@ -155,17 +167,19 @@ class BipartiteAttention(nn.Module):
             gathered = merge_heads(jnp.einsum("bntf,bnfd->bntd", bu_probs,
                                               split_heads(img_values, n).astype(jnp.float32)))  # [B, T, D]
             new_keys = gathered if py is None else gathered + py.astype(jnp.float32)
-            logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries, n).astype(jnp.float32),
+            logits = jnp.einsum("bnfd,bntd->bnft", split_heads(queries(), n).astype(jnp.float32),
                                 split_heads(new_keys, n)) * scale
             probs = self._softmax_dropout(logits, train)
             update = Dense(y.shape[-1], axes=("heads", self.to_axis), dtype=self.dtype, name="ltnt_update")(
                 gathered.astype(self.dtype)).astype(jnp.float32)
 
-        # control [B, F, D] in the compute dtype: it only feeds the modulation dense layer, which takes that dtype.
-        control = merge_heads(precision.einsum("bnft,bntd->bnfd", probs.astype(self.dtype), split_heads(values, n)))
+        # control = A V [B, F, D] only feeds the modulation layer: (A V) Wm = A (V Wm), where V Wm is
+        # [B, N, T, width] (T << F), so the [B, F, D] control is never formed.
         width = 2 * self.dim if self.integration == "both" else self.dim
-        ctrl = Dense(width, axes=("heads", self.from_axis), dtype=self.dtype, name="modulation")(
-            control.astype(self.dtype)).astype(jnp.float32)
+        wm, bm = DenseWeights(width, axes=("heads", self.from_axis), name="modulation")(self.dim)
+        vw = jnp.einsum("bnts,nso->bnto", split_heads(values, n).astype(jnp.float32), wm.reshape(n, s, width))
+        ctrl = (precision.einsum("bnft,bnto->bfo", probs.astype(self.dtype), vw)
+                + bm.astype(self.dtype)).astype(jnp.float32)
         out = att_norm(x, self.integration) if self.norm else x.astype(jnp.float32)
         if self.integration == "both":
             gain, bias = jnp.split(ctrl, 2, axis=-1)

@@ -51,6 +51,15 @@ def boxed_param(module: nn.Module, name: str, init, shape, axes):
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape))
 
 
+def dense_weights(module: nn.Module, fan_in: int, features: int, axes: tuple, lrmul: float = 1.0,
+                  bias_init: float = 0.0, use_bias: bool = True):
+    """The params of an equalized-lr fully connected layer in `module`'s scope, as used: (weight [in, out] *
+    lrmul / sqrt(fan_in), bias * lrmul or None), float32."""
+    w = boxed_param(module, "weight", scaled_normal(lrmul), (fan_in, features), axes) * (lrmul / np.sqrt(fan_in))
+    b = boxed_param(module, "bias", constant(bias_init), (features,), axes[1:]) * lrmul if use_bias else None
+    return w, b
+
+
 class Dense(nn.Module):
     """Equalized-lr fully connected layer act(x @ w + b) (the reference's FullyConnectedLayer)."""
     features: int
@@ -63,14 +72,23 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        fan_in = x.shape[-1]
-        w = boxed_param(self, "weight", scaled_normal(self.lrmul), (fan_in, self.features), self.axes)
-        w = (w * (self.lrmul / np.sqrt(fan_in))).astype(self.dtype)
-        y = precision.einsum("...i,io->...o", x.astype(self.dtype), w)
-        b = None
-        if self.use_bias:
-            b = boxed_param(self, "bias", constant(self.bias_init), (self.features,), self.axes[1:]) * self.lrmul
+        w, b = dense_weights(self, x.shape[-1], self.features, self.axes, self.lrmul, self.bias_init, self.use_bias)
+        y = precision.einsum("...i,io->...o", x.astype(self.dtype), w.astype(self.dtype))
         return bias_act(y, b, self.act)
+
+
+class DenseWeights(nn.Module):
+    """A Dense layer's params without the layer: `DenseWeights(features, name=...)(fan_in)` -> (w, b) as used,
+    for a caller that folds the weight into a neighbouring contraction. Same param tree as Dense."""
+    features: int
+    axes: tuple = ("embed", "mlp")
+    lrmul: float = 1.0
+    bias_init: float = 0.0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, fan_in: int):
+        return dense_weights(self, fan_in, self.features, self.axes, self.lrmul, self.bias_init, self.use_bias)
 
 
 class Conv2d(nn.Module):
