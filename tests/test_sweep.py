@@ -100,7 +100,7 @@ def test_print_commands_one_per_run(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 4
-    assert lines[3] == (f"python -m ganjax train --config=configs/gansformer.py:shapes32 "
+    assert lines[3] == (f"{sys.executable} -m ganjax train --config=configs/gansformer.py:shapes32 "
                         f"--workdir={tmp_path}/003-attention=simplex,heads=2 --config.train.total_kimg=0.5 "
                         f"--config.model.attention=simplex --config.model.heads=2")  # the sweep's heads win
     assert not os.listdir(tmp_path)  # nothing ran

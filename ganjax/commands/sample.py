@@ -31,7 +31,7 @@ flags.DEFINE_float("psi", 1.0, "truncation psi: 1 = none, smaller trades variety
 flags.DEFINE_enum("noise_mode", "const", ["const", "random", "none"], "per-pixel noise of the synthesis layers")
 flags.DEFINE_alias("noise-mode", "noise_mode")
 flags.DEFINE_string("out", "", "write one PNG grid of all images here")
-flags.DEFINE_string("out_dir", "", "write one PNG per image here, named seed<s>.png")
+flags.DEFINE_string("out_dir", "", "write one PNG per image here, named by its seed: seed0001.png, ...")
 flags.DEFINE_alias("out-dir", "out_dir")
 flags.DEFINE_integer("cols", 0, "grid columns (0 = ceil(sqrt(number of images)))")
 flags.DEFINE_integer("batch_size", 16, "images per generator call")

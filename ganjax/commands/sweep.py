@@ -157,7 +157,8 @@ def main(argv):
         raise SystemExit("ganjax sweep: --config FILE:PRESET is required")
     workdir = FLAGS.workdir
     if FLAGS.print_commands:
-        runs = plan(FLAGS.config, config_arg, workdir, python="python", sweep_name=FLAGS.sweep)
+        # This interpreter's path, so a printed command runs outside an activated venv too.
+        runs = plan(FLAGS.config, config_arg, workdir, python=sys.executable, sweep_name=FLAGS.sweep)
         prefix = shlex.split(FLAGS.launcher)
         for run in runs:
             argv_ = run["argv"][4:] if prefix else run["argv"]  # a launcher runs `python -m ganjax train` itself
