@@ -116,6 +116,9 @@ def test_bad_inputs_are_named_before_anything_compiles(monkeypatch):
         compile_lib.configure(tiny(), "v5e-4", strategy="dp", batch=6)
     with pytest.raises(compile_lib.PlanError, match="not both"):
         compile_lib.configure(tiny(), "v5e-4", batch=8, batch_per_chip=2)
+    if NO_LIBTPU is None:  # the variants are known once the trainer's programs are built (abstract, no compile)
+        with pytest.raises(compile_lib.PlanError, match=r"no iteration variant 'r7'; this config runs \['plain', 'r1'\]"):
+            compile_lib.compile_plan(compile_lib.configure(tiny(), "v5e-4", strategy="dp"), "v5e-4", variants="r7")
     monkeypatch.setattr(tpu.importlib.util, "find_spec", lambda name: None)
     tpu.devices.cache_clear()
     with pytest.raises(tpu.LibtpuMissing, match=r"pip install 'jax\[tpu\]=="):

@@ -5,6 +5,7 @@ would cost.
 
   ganjax plan --config configs/gansformer.py:ffhq256 --tpu v5p-8 [--strategy fsdp | --mesh dp=2,fsdp=2]
               [--batch_per_chip 32 | --batch 256] [--price 4.2] [--json] [--out DIR]
+  ganjax plan ... --variants plain --phases=false --sample=false        # one program: the quickest look
   ganjax plan ... --max_batch [--max_batch_strategies dp,fsdp,fsdp_tp]   # largest per-chip batch that fits
   ganjax plan ... --sweep --out DIR [--sweep_slices v5e-8,v5p-8 --sweep_strategies dp,fsdp --sweep_sizes s,m]
 
@@ -33,6 +34,8 @@ flags.DEFINE_string("strategy", "", "dp | fsdp | fsdp_tp | shard_map with its de
 flags.DEFINE_string("mesh", "", "explicit mesh, e.g. dp=4,fsdp=2,model=1 (its product = the chips)")
 flags.DEFINE_integer("batch", 0, "global batch (0 = config.train.batch_size)")
 flags.DEFINE_integer("batch_per_chip", 0, "images per chip; the global batch is this x chips")
+flags.DEFINE_string("variants", "all", "iteration variants to compile: all (the amortised iteration needs them), "
+                    "heaviest (every lazy phase on: decides the fit), or one by name (plain, r1, ...)")
 flags.DEFINE_boolean("phases", True, "also compile each phase on its own (per-phase FLOPs, bytes, roofline)")
 flags.DEFINE_boolean("sample", True, "also compile G_ema's evaluation batch (config.eval.batch_size)")
 flags.DEFINE_float("price", None, "price per chip-hour for the cost (default config.train.price_per_device_hour)")
@@ -97,7 +100,8 @@ def main(argv):
             return 0
         rec = compile_lib.plan(config, FLAGS.tpu, strategy=FLAGS.strategy or None, mesh=FLAGS.mesh or None,
                                batch=FLAGS.batch or None, batch_per_chip=FLAGS.batch_per_chip or None,
-                               phases=FLAGS.phases, sample=FLAGS.sample, assume_mfu=FLAGS.assume_mfu,
+                               phases=FLAGS.phases, sample=FLAGS.sample, variants=FLAGS.variants,
+                               assume_mfu=FLAGS.assume_mfu,
                                price_per_chip_hour=FLAGS.price, log=_log)
         if FLAGS.max_batch:
             rec["max_batch"] = [report.max_batch(config, FLAGS.tpu, s, log=_log)

@@ -176,6 +176,8 @@ def compile_plan(config, slice_name: str, *, phases: bool = True, sample: bool =
     on: the largest program, which decides whether a batch fits; for bisection). The plan cache lives in
     config.compilation_cache/plan ("" turns it off)."""
     cache_dir = os.path.join(config.compilation_cache, "plan") if config.compilation_cache else None
+    if not variants:
+        raise PlanError("variants: give 'all', 'heaviest' or a variant's name (plain, r1, ...)")
     devices = tpu.devices(slice_name)
     mesh = parallel.make_mesh(config, devices)
     tr = setup.build(config, mesh)
