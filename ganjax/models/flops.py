@@ -2,7 +2,8 @@
 
 A "FLOP" is one multiply or one add (a multiply-accumulate is 2), the convention of XLA's cost analysis
 and of MFU. Counted: convolutions, fully-connected layers, the StyleGAN modulation/demodulation, attention
-(projections, logits, k-means centroids, the value mix, the integration fc), and FIR resampling filters.
+(projections, logits, k-means centroids, the value mix and integration fc, as folded by ganjax/nn/attention.py),
+and FIR resampling filters.
 Not counted: elementwise work (bias, activations, noise, normalisation, softmax), which is memory-bound
 and small; XLA counts it, which is most of the difference in `cross_check`.
 
