@@ -128,6 +128,28 @@ def test_xla_counts_each_phase_as_the_flop_model_on_cpu_small():
     assert ratios == pytest.approx(XLA_OVER_ANALYTIC, abs=0.02), ratios
 
 
+def test_phase_programs_split_g_over_the_batch_as_the_step_does():
+    """Under dp, each phase program's latents are split over the devices like the reals (the train step's
+    constraint): G's work per device is 1/8 of one device's at dp=8, not all of it run replicated (which the
+    plan's and bench's per-phase figures once showed: no all-reduce, 8x the FLOPs)."""
+    from ganjax import parallel
+    from ganjax.train import programs, setup
+    from test_train_step import tiny_config
+
+    def g_main_flops(devices):
+        c = tiny_config(data=len(devices))
+        tr = setup.build(c, parallel.make_mesh(c, devices))
+        prog = next(p for p in programs.phase_programs(tr) if p.name == "g_main")
+        compiled = prog.compile()[0]
+        return compiled.cost_analysis()["flops"], compiled.as_text()
+
+    one, _ = g_main_flops(jax.devices()[:1])
+    eight, hlo = g_main_flops(jax.devices()[:8])
+    # G's forward and backward split 8 ways; the replicated Adam update and the gradient all-reduce add a little
+    assert 1 / 8 <= eight / one < 1 / 4, (eight, one)
+    assert "all-reduce" in hlo
+
+
 def test_scaling_report_for_ffhq256_on_h100():
     from ganjax.bench import scaling_report
 

@@ -83,12 +83,15 @@ def phase_programs(tr) -> list[Program]:
                    param_shardings=gathered_param_shardings(tr.config, tr.state_shardings))
     z_shape = (cfg.batch_size, tr.model_cfg.num_latents, tr.model_cfg.z_dim)
     args = (tr.abstract_state(),) + batch_args(tr)
+    z_sharding = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(*tr.batch_sharding.spec[:1]))
     out = []
     for phase in cfg.running:
         def program(st, reals, *labels, phase=phase):
             key = jax.random.wrap_key_data(st.rng)
             k_next, k_z, k_phase = jax.random.split(key, 3)
-            inputs = {"z": {phase.name: jax.random.normal(k_z, z_shape, jnp.float32)}, "reals": reals}
+            # Split over the batch axes like the reals, as the train step does (else XLA may run G replicated).
+            z = jax.lax.with_sharding_constraint(jax.random.normal(k_z, z_shape, jnp.float32), z_sharding)
+            inputs = {"z": {phase.name: z}, "reals": reals}
             if labels:
                 inputs["labels"] = labels[0]
             live, opt_states = live_values(st, cfg), opt_states_of(st)
