@@ -53,12 +53,16 @@ def abstract_reals(tr) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=tr.batch_sharding)
 
 
+def leading_batch_sharding(tr) -> jax.sharding.NamedSharding:
+    """An array whose first axis is the batch (labels, latents), split over the batch axes like the reals."""
+    return jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(*tr.batch_sharding.spec[:1]))
+
+
 def abstract_labels(tr) -> tuple:
     """(the global batch's labels,) as the loader delivers them for a conditional model, else ()."""
     if not tr.model_cfg.num_classes:
         return ()
-    sharding = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(*tr.batch_sharding.spec[:1]))
-    return (jax.ShapeDtypeStruct((int(tr.config.train.batch_size),), jnp.int32, sharding=sharding),)
+    return (jax.ShapeDtypeStruct((int(tr.config.train.batch_size),), jnp.int32, sharding=leading_batch_sharding(tr)),)
 
 
 def batch_args(tr) -> tuple:
@@ -83,7 +87,7 @@ def phase_programs(tr) -> list[Program]:
                    param_shardings=gathered_param_shardings(tr.config, tr.state_shardings))
     z_shape = (cfg.batch_size, tr.model_cfg.num_latents, tr.model_cfg.z_dim)
     args = (tr.abstract_state(),) + batch_args(tr)
-    z_sharding = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec(*tr.batch_sharding.spec[:1]))
+    z_sharding = leading_batch_sharding(tr)
     out = []
     for phase in cfg.running:
         def program(st, reals, *labels, phase=phase):
