@@ -298,6 +298,15 @@ def test_bias_act_and_equalized_dense():
     assert v["params"]["weight"].names == ("embed", "mlp")
 
 
+def test_params_of_the_wrong_shape_are_rejected_by_name():
+    """Applying a layer to params of another shape (a config changed under a checkpoint) names the param."""
+    v = Dense(64).init(jax.random.key(0), jnp.zeros((1, 256)))
+    with pytest.raises(ValueError, match=r"weight: the params hold shape \(256, 64\), the layer needs \(128, 64\)"):
+        Dense(64).apply(v, jnp.zeros((1, 128)))
+    boxed = Dense(64).apply(v, jnp.zeros((2, 256)))  # boxed (LogicallyPartitioned) params apply as the unboxed
+    np.testing.assert_array_equal(boxed, Dense(64).apply(meta.unbox(v), jnp.zeros((2, 256))))
+
+
 def test_minibatch_std_matches_numpy():
     x = randn(8, 4, 4, 6)
     got = np.asarray(minibatch_std(jnp.asarray(x), 4, 2))
