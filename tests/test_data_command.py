@@ -42,6 +42,20 @@ def test_prepare_with_a_config_preset_and_bad_input(tmp_path):
     assert out.returncode != 0 and "data.dataset: unknown dataset 'imagenette_typo'" in out.stderr
 
 
+def test_a_truncated_dataset_file_is_named_before_training(tmp_path):
+    """A shard cut short (a failing disk, a partial copy) fails `data prepare` (and so training's prepare) with
+    the file's path and what to do, instead of passing and stopping training later with a reader error."""
+    flags = ["--dataset", "shapes", "--resolution", "16", "--num_images", "40", "--data_dir", str(tmp_path)]
+    assert run_cli("prepare", *flags).returncode == 0
+    shard = next(p for p in tmp_path.rglob("*-train.array_record-*"))
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    out = run_cli("prepare", *flags)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"ganjax data prepare: the prepared dataset is damaged: {shard} (train split)" in out.stderr
+    assert "run `ganjax data prepare` again" in out.stderr
+
+
 WORKER = textwrap.dedent("""
     import hashlib, json, sys
     import jax, numpy as np

@@ -111,13 +111,20 @@ def main(argv):
         raise SystemExit(f"usage: ganjax data {{{'|'.join(ACTIONS)}}} [--config FILE:PRESET] [flags] "
                          f"(got {argv[1:]})")
     config = resolve_config()
-    if argv[1] == "prepare":
+    try:
+        _run(argv[1], config)
+    except data.DatasetDamaged as e:
+        raise SystemExit(f"ganjax data {argv[1]}: {e}") from None
+
+
+def _run(action, config):
+    if action == "prepare":
         start = time.time()
         builder = data.prepare(config)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
         print(json.dumps({"dataset": f"{builder.name}/{builder.builder_config.name}", "dir": str(builder.data_dir),
                           "splits": splits, "seconds": round(time.time() - start, 2)}))
-    elif argv[1] == "bench":
+    elif action == "bench":
         print(json.dumps(bench(config, FLAGS.steps)))
     else:
         if not FLAGS.out:

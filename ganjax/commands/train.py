@@ -22,11 +22,12 @@ def main(argv):
         raise SystemExit("ganjax train needs --config configs/<file>.py[:preset]")
     from ganjax.train.loop import TrainingStopped, train
     from ganjax.checkpoint import CheckpointError
+    from ganjax.data import DatasetDamaged
     from ganjax.train.workdir_lock import WorkdirLocked
 
     try:
         if FLAGS.fresh and FLAGS.resume_step is not None:
             raise SystemExit("ganjax train: --fresh and --resume_step contradict each other")
         train(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh, resume_step=FLAGS.resume_step)
-    except (TrainingStopped, WorkdirLocked, CheckpointError) as e:
+    except (TrainingStopped, WorkdirLocked, CheckpointError, DatasetDamaged) as e:
         raise SystemExit(f"ganjax train: {e}") from None

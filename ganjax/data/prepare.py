@@ -1,12 +1,19 @@
 """From `config.data` to a prepared TFDS builder: which builder, which split, and checks before any work."""
 
+import os
+
 import ml_collections
+from array_record.python import array_record_module
 
 from ganjax.data import labels as labels_lib
 from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
 from ganjax.models.config import ModelConfig
 
 BUILTIN = ("shapes", "folder")
+
+
+class DatasetDamaged(ValueError):
+    """A prepared dataset's file does not hold what its dataset_info.json lists (the message names it)."""
 
 
 def data_dir(config: ml_collections.ConfigDict):
@@ -77,4 +84,25 @@ def _prepare_here(config):
         if not builder.is_prepared():
             tfds_catalog.prepare_source(source, config.data.dataset)
     builder.download_and_prepare()
+    check_files(builder)
     return builder
+
+
+def check_files(builder):
+    """Every shard file of the prepared dataset holds the records its dataset_info.json lists. A truncated or
+    replaced file (a failing disk, a partial copy) would otherwise pass here and stop training later with a
+    reader error that names no file. Opening a shard reads only its footer (its record index)."""
+    for name, split in builder.info.splits.items():
+        for path, expected in zip(split.filepaths, split.shard_lengths):
+            path = os.fspath(path)
+            try:
+                reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
+                found = reader.num_records()
+                reader.close()
+            except (OSError, RuntimeError, ValueError) as e:
+                found, why = None, f"cannot be read ({e})"
+            else:
+                why = f"holds {found} records where dataset_info.json lists {expected}"
+            if found != expected:
+                raise DatasetDamaged(f"the prepared dataset is damaged: {path} ({name} split) {why}. Delete "
+                                 f"{builder.data_dir} and run `ganjax data prepare` again (or restore the file).")
