@@ -118,6 +118,30 @@ def test_bad_sources_are_clear_errors(run, tmp_path):
         load_generator(str(tmp_path / "other"))
 
 
+def test_a_damaged_latest_checkpoint_is_named_and_readers_fall_back(run, tmp_path, capsys):
+    """Truncated array files in the latest step (a failing disk, a partial copy): reading the workdir names the
+    step and an array and reads the previous step, leaving the workdir as it is; the damaged step itself,
+    asked for explicitly, is an error with the same naming, not TensorStore's traceback."""
+    import shutil
+
+    workdir, config, variables = run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    data = os.path.join(copy, "checkpoints", "2", "state", "ocdbt.process_0", "d")
+    for name in os.listdir(data):
+        with open(os.path.join(data, name), "r+b") as f:
+            f.truncate(os.path.getsize(os.path.join(data, name)) // 2)
+    _, loaded, _ = load_generator(copy)
+    assert_tree_equal(loaded, jax.tree.map(lambda x: x + 0.01, variables))  # step 1's G_ema
+    said = capsys.readouterr().err
+    assert f"checkpoint {copy}/checkpoints/2 is damaged (array 'g_ema_params." in said
+    assert f"reading {copy}/checkpoints/1 instead" in said
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["1", "2"]  # nothing moved by a reader
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 is damaged: array 'g_ema_params\.\S+': .*pick "
+                                              r"another step"):
+        load_generator(copy, step=2)
+
+
 def test_cli_export_then_sample(run, tmp_path):
     """`ganjax export` and `ganjax sample` as a user runs them (grid and per-seed PNGs)."""
     workdir, config, variables = run

@@ -2,12 +2,13 @@
 
 - checkpointer.py: periodic async saves of the whole train state + data iterator + config + metric
   history, exact and resharded restore, preemption (SIGTERM) handling.
-- generator.py: `export_generator` (G_ema + config) and `load_generator`, which reads either kind.
+- generator.py: `export_generator` (G_ema + config) and `open_generator` / `load_generator`, which read either
+  kind (from a workdir, the newest step that reads).
 - trees.py: named pytree comparison (the incompatible-checkpoint error) and JSON conversion.
 """
 
 from ganjax.checkpoint.checkpointer import Checkpointer, ensure_writable
-from ganjax.checkpoint.generator import export_generator, load_generator, resolve
+from ganjax.checkpoint.generator import export_generator, load_generator, open_generator, resolve
 from ganjax.checkpoint.trees import CheckpointError, check_compatible, flatten_with_names
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "export_generator",
     "flatten_with_names",
     "load_generator",
+    "open_generator",
     "resolve",
 ]

@@ -13,7 +13,6 @@ mid-save never leaves a step that `latest_step()` picks up.
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -24,7 +23,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, to_jsonable
+from ganjax.checkpoint.trees import (CheckpointError, check_compatible, config_to_dict, describe_read_error,
+                                    to_jsonable)
 from ganjax.train import intervals
 from ganjax.train.length import EvalSchedule
 
@@ -71,15 +71,6 @@ def _without_absent_empty_fields(target, saved):
 
 class _Unreadable(Exception):
     """Reading a checkpoint's files failed (its __cause__ says how): damage, not a mismatch of the model."""
-
-
-def _damage(e: Exception) -> str:
-    """The first line of a read error, with the array it names when TensorStore says which."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    m = re.search(r'Error (?:reading|opening) "?([\w.\-/]+?)(?:/\.zarray|/\d[\d.]*)?"? in OCDBT', text)
-    text = text.split(" [tensorstore_spec")[0]  # the spec that follows is kilobytes of JSON
-    short = text if len(text) <= 400 else f"{text[:100]} ... {text[-280:]}"  # the cause is at the end
-    return f"array {m.group(1)!r}: {short}" if m else short
 
 
 def _fid(metrics) -> float:
@@ -266,7 +257,7 @@ class Checkpointer:
                     self._supersede_newer(step)
                 return restored
             except _Unreadable as e:
-                damage = _damage(e.__cause__)
+                damage = describe_read_error(e.__cause__)
                 older = [s for s in self.all_steps() if s < step]
                 if explicit or jax.process_count() > 1 or not older:
                     why = ("no older checkpoint to fall back to" if not older and not explicit else

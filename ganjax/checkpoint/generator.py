@@ -7,6 +7,8 @@ It carries no discriminator or optimizer state, so it is what `ganjax sample` / 
 """
 
 import os
+import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict
+from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, describe_read_error
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 
@@ -35,23 +37,29 @@ def _checkpointer(**items):
 def resolve(path: str, step: int | None = None) -> tuple[str, str]:
     """('export' | 'train', directory of one checkpoint) for an exported generator, a training checkpoint
     step directory, a workdir/checkpoints directory or a workdir (the latest complete step, or `step`)."""
+    return _candidates(path, step)[0]
+
+
+def _candidates(path: str, step: int | None) -> list[tuple[str, str]]:
+    """resolve's answer first, then, when it picked the latest step itself, the older complete steps, newest
+    first: what a reader may fall back to when the latest is damaged."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a directory)")
     if os.path.isdir(os.path.join(path, "generator")):
-        return "export", path
+        return [("export", path)]
     if os.path.isdir(os.path.join(path, "state")):
-        return "train", path
+        return [("train", path)]
     ckdir = os.path.join(path, CHECKPOINTS_SUBDIR) if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)) else path
     steps = ocp.utils.checkpoint_steps(ckdir)  # finalized steps only, as CheckpointManager.all_steps
     if not steps:
         raise CheckpointError(f"no checkpoint found at {path}: expected an exported generator, a training "
                               f"checkpoint step directory, a checkpoints directory or a workdir")
     if step is None:
-        step = max(steps)
-    elif step not in steps:
+        return [("train", os.path.join(ckdir, str(s))) for s in sorted(steps, reverse=True)]
+    if step not in steps:
         raise CheckpointError(f"checkpoint step {step} not found in {ckdir} (complete steps: {sorted(steps)})")
-    return "train", os.path.join(ckdir, str(step))
+    return [("train", os.path.join(ckdir, str(step)))]
 
 
 def abstract_generator(config, sharding):
@@ -103,15 +111,60 @@ def _restore_variables(kind: str, directory: str, target):
     return variables
 
 
-def load_generator(path: str, *, step: int | None = None, sharding=None):
-    """(G, variables {'params', 'buffers'}, config) from an exported generator, a training checkpoint step
-    directory, a checkpoints directory or a workdir. Arrays land on `sharding` (default: the first local
-    device); `step` picks a training step instead of the latest."""
-    kind, directory = resolve(path, step)
-    config = _read_config(kind, directory)
+class LoadedGenerator(NamedTuple):
+    G: nn.Module
+    variables: dict  # {'params', 'buffers'}
+    config: ml_collections.ConfigDict
+    kind: str  # 'export' | 'train'
+    directory: str  # the checkpoint read
+
+
+def open_generator(path: str, *, step: int | None = None, sharding=None) -> LoadedGenerator:
+    """The generator of an exported generator, a training checkpoint step directory, a checkpoints directory
+    or a workdir. Arrays land on `sharding` (default: the first local device); `step` picks a training step
+    instead of the latest.
+
+    A checkpoint whose files cannot be read (truncated, missing) is an error naming it and the damaged array;
+    when the latest step of a workdir was picked (no `step`), the next older step is read instead, with a
+    message: a reader leaves the workdir as it is (a training resume moves the damaged step aside)."""
+    candidates = _candidates(path, step)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    G, target = abstract_generator(config, sharding)
-    return G, _restore_variables(kind, directory, target), config
+    for i, (kind, directory) in enumerate(candidates):
+        try:
+            config = _read_config(kind, directory)
+            G, target = _model_of(config, sharding)
+            return LoadedGenerator(G, _restore_variables(kind, directory, target), config, kind, directory)
+        except CheckpointError:
+            raise  # a checkpoint of another model, or none: not damage
+        except _ModelError as e:
+            raise e.__cause__ from None
+        except Exception as e:  # noqa: BLE001 - what Orbax/TensorStore raise for unreadable files varies
+            damage = describe_read_error(e)
+            if i + 1 == len(candidates):
+                hint = ("no older complete checkpoint to fall back to" if len(candidates) > 1 else
+                        "pick another step (--step) or checkpoint")
+                raise CheckpointError(f"checkpoint {directory} is damaged: {damage}; {hint}") from None
+            print(f"checkpoint {directory} is damaged ({damage}); reading {candidates[i + 1][1]} instead",
+                  file=sys.stderr, flush=True)
+    raise AssertionError("unreachable: _candidates returns at least one checkpoint")
+
+
+class _ModelError(Exception):
+    """Building the model a checkpoint's config names failed (its __cause__): the config's problem, not
+    damage of the files."""
+
+
+def _model_of(config, sharding):
+    """abstract_generator, whose failures are _ModelError: a bad model config is not damage."""
+    try:
+        return abstract_generator(config, sharding)
+    except Exception as e:
+        raise _ModelError() from e
+
+
+def load_generator(path: str, *, step: int | None = None, sharding=None):
+    """(G, variables {'params', 'buffers'}, config): open_generator without where it was read from."""
+    return open_generator(path, step=step, sharding=sharding)[:3]
 
 
 def export_generator(source: str, out: str, *, step: int | None = None) -> str:

@@ -1,6 +1,7 @@
 """Checkpoint pytrees by name: the compatibility check run before a restore, and JSON conversion."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -8,6 +9,22 @@ import numpy as np
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or does not fit the model it is restored into."""
+
+
+def describe_read_error(e: Exception) -> str:
+    """The first line of an error reading a checkpoint's files, with the array it names when TensorStore
+    says which (its raw message runs to kilobytes of spec JSON). Of the chain of causes (Orbax wraps
+    TensorStore's error in its own), the one that names the array is described."""
+    chain = [e]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    lines = [str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__ for x in chain]
+    pattern = r'Error (?:reading|opening) "?([\w.\-/]+?)(?:/\.zarray|/\d[\d.]*)?"? in OCDBT'
+    text = next((line for line in lines if re.search(pattern, line)), lines[0])
+    m = re.search(pattern, text)
+    text = text.split(" [tensorstore_spec")[0]  # the spec that follows is kilobytes of JSON
+    short = text if len(text) <= 400 else f"{text[:100]} ... {text[-280:]}"  # the cause is at the end
+    return f"array {m.group(1)!r}: {short}" if m else short
 
 
 def _key_name(entry) -> str:

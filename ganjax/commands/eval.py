@@ -20,7 +20,7 @@ from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax import metrics, parallel
-from ganjax.checkpoint import CheckpointError, load_generator, resolve
+from ganjax.checkpoint import CheckpointError, open_generator
 from ganjax.config import base_config
 from ganjax.evaluate import Evaluator, InceptionWeightsMissing
 from ganjax.metrics.protocols import PROTOCOLS
@@ -66,9 +66,9 @@ def main(argv):
     try:
         if FLAGS.metrics:
             parse_metrics(FLAGS.metrics)
-        kind, directory = resolve(source, FLAGS.step)
         mesh = metrics.default_mesh()
-        G, variables, config = load_generator(directory, sharding=NamedSharding(mesh, PartitionSpec()))
+        G, variables, config, kind, directory = open_generator(source, step=FLAGS.step,
+                                                               sharding=NamedSharding(mesh, PartitionSpec()))
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"ganjax eval: {e}") from None
     if FLAGS.data_dir is not None:
