@@ -249,6 +249,34 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, async_save):
     assert [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()] == ["1"]
 
 
+def test_a_failed_async_save_is_reported_once_it_has_finished(tmp_path):
+    """check_saves (polled by the loop at each log line) raises once a background save has failed, without
+    waiting for the next save; before that it does not block or raise."""
+    mesh = mesh_of((8,), ("data",))
+    rng = np.random.default_rng(0)
+    state = {"w": jax.device_put(rng.standard_normal((512, 256)).astype(np.float32), NamedSharding(mesh, P("data")))}
+    ck = Checkpointer(str(tmp_path), make_config(every_kimg=0.008, keep=1, async_save=True), mesh)
+    ck.maybe_save(1, state)
+    ck.close()
+    ck = Checkpointer(str(tmp_path), make_config(every_kimg=0.008, keep=1, async_save=True), mesh)
+    ck.check_saves()  # nothing pending: no error
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, hard))
+    try:
+        assert ck.maybe_save(2, state)  # accepted: the write fails in the background
+        deadline = time.time() + 60
+        with pytest.raises(CheckpointError, match=r"(?s)asynchronous checkpoint save .* failed: .*File too large.*"
+                                                  r"the last complete checkpoint is step 1"):
+            while time.time() < deadline:
+                ck.check_saves()
+                time.sleep(0.05)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    ck.close()
+
+
 KILLED_SAVER = textwrap.dedent("""
     import asyncio, sys
     import jax, numpy as np

@@ -212,6 +212,13 @@ class Checkpointer:
             self._manager.reload()  # forget the failed step; earlier steps on disk are untouched
             raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: {e}") from e
 
+    def check_saves(self):
+        """Raise CheckpointError now if an asynchronous save has finished and failed; returns at once while one
+        is still writing. The loop calls it at each log line, so a failing disk stops the run within a log
+        interval, naming the last complete checkpoint, not at the next save (which may be hours away)."""
+        if not self._manager.is_saving_in_progress():
+            self._raise_pending_error()
+
     def _raise_pending_error(self):
         """Surface a failed *async* save (e.g. disk full) as a clear error at the next save or close."""
         try:

@@ -376,6 +376,7 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step,
                     return _save_and_exit(ckpt, window, done, finished, state, loader, history, last)
             if window.due(done, extra, finished):
                 last = window.log(done, extra)
+                ckpt.check_saves()  # a failed asynchronous save stops the run here, not at the next save
             if samples is not None and samples.due(done):
                 samples(done, state)
             ckpt.maybe_save(done, state, loader, history)
