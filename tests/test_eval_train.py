@@ -63,3 +63,60 @@ def test_periodic_fid_is_logged_and_feeds_the_best_checkpoint(tmp_path, monkeypa
     fakes = acc.Images("samples/fakes")
     assert [e.step for e in fakes] == [0, 3, 6]
     assert acc.Images("samples/fakes")[0].width == 2 * 16
+
+
+@pytest.mark.slow  # three short runs; the step, G_ema and extractor programs load from the session's cache
+def test_sigterm_the_step_before_an_evaluation_saves_without_it_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Preemption first: SIGTERM during step 2, the step before a periodic FID and a sample grid (both due at
+    3). Step 3 runs, is saved and committed, and the run returns without the FID or the grid; the resumed run
+    (R1 is lazy, every 4th step: the restart crosses step 4's) ends bit for bit where an uninterrupted run does,
+    parameters, optimizer state and losses, and its FID at step 6 is the uninterrupted run's."""
+    import os
+    import signal
+
+    import jax
+
+    from ganjax import parallel
+    from ganjax.train import setup
+
+    monkeypatch.setattr(inception, "features", _standin_features)
+    monkeypatch.setattr(evaluate, "load_inception_params", lambda path: {"scale": 2.0})
+    c = run_config(tmp_path, steps=6)  # r1_interval 4
+    c.train.log_every, c.train.sample_every_kimg, c.train.sample_grid = 1, 0.024, 4
+    c.checkpoint.every_kimg = 1.0
+    c.eval.every_kimg, c.eval.num_images, c.eval.batch_size, c.eval.metrics = 0.024, 16, 8, "fid"
+
+    def preempt(step, state, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the Checkpointer's handler notes it; the loop goes on
+
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    capsys.readouterr()
+    loop.train(c, str(stopped), hooks=[preempt])
+    out = capsys.readouterr().out
+    assert "preemption: saved step 3 (" in out and "s after the notice); exiting" in out
+    lines = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and not any("fid" in x for x in lines)  # no evaluation
+    assert Checkpointer(str(stopped), c, None).all_steps() == [3]
+    assert sorted(p.name for p in (stopped / "samples").glob("fakes*.png")) == [f"fakes{0:010.3f}.png"]  # step 0 only
+
+    loop.train(c, str(stopped))  # the resume: steps 4-6
+    loop.train(c, str(whole))
+    states = []
+    for workdir in (stopped, whole):
+        mesh = parallel.make_mesh(c)
+        ck = Checkpointer(str(workdir), c, mesh)
+        state, extras = ck.restore(setup.build(c, mesh).abstract_state(), step=6)
+        ck.close()
+        states.append((jax.tree.map(np.asarray, state), extras["metrics_history"]))
+    (resumed, resumed_history), (reference, reference_history) = states
+    for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(reference)[0], jax.tree.leaves(resumed),
+                                 strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+    keys = ("step", "G/loss", "D/loss", "D/r1_penalty")
+    assert [[h.get(k) for k in keys] for h in resumed_history] == [[h.get(k) for k in keys] for h in reference_history]
+    assert [h["step"] for h in reference_history if "D/r1_penalty" in h] == [1, 5]  # R1 at steps 0 and 4
+    fids = [{h["step"]: h["fid"] for h in history if "fid" in h} for history in (resumed_history, reference_history)]
+    assert list(fids[0]) == [6] and list(fids[1]) == [3, 6]  # the preempted run's FID at 3 never ran
+    assert fids[0][6] == fids[1][6]
