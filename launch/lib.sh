@@ -28,3 +28,19 @@ config_overrides() {  # sets OVERRIDES to the --config.* arguments among "$@" (w
   for arg in "$@"; do [[ "$arg" == --config.* ]] && OVERRIDES+=("$arg"); done
   return 0
 }
+
+require_train_flags() {  # $1: the launcher's name; the rest: the ganjax train flags it was given. Exits 2, before
+  # anything is submitted, unless --config and --workdir are among them (ganjax train needs both).
+  local who=$1 arg config=0 workdir=0
+  shift
+  for arg in "$@"; do
+    case "$arg" in
+      --config|--config=*) config=1 ;;
+      --workdir|--workdir=*) workdir=1 ;;
+    esac
+  done
+  if [[ $config == 0 || $workdir == 0 ]]; then
+    echo "$who: ganjax train needs --config FILE.py[:preset] and --workdir DIR among the flags (got: ${*:-none})" >&2
+    exit 2
+  fi
+}

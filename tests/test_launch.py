@@ -45,6 +45,11 @@ def test_slurm_dry_run():
     ]
     header = open(os.path.join(ROOT, "launch", "slurm.sbatch")).read()
     assert "#SBATCH --ntasks-per-node=8\n#SBATCH --gpus-per-node=8" in header  # one task per GPU, all visible
+    # Without --config or --workdir nothing is printed or submitted (a queued job would fail when it starts).
+    for flags in ([], ["--workdir=/shared/runs/ffhq"], ["--config", "configs/gansformer.py:ffhq256"]):
+        out = launch("launch/slurm.sbatch", "--dry-run", *flags)
+        assert out.returncode == 2 and not out.stdout, out.stdout
+        assert "slurm.sbatch: ganjax train needs --config FILE.py[:preset] and --workdir DIR" in out.stderr
 
 
 def test_tpu_vm_dry_run():
