@@ -9,6 +9,15 @@ The dataset comes from --config (default: the base config) with any of the short
 overriding its data fields; `--config.data.<field>=...` overrides work too. `show` draws the first n
 images the training loader would give (shuffled, mirrored as configured) as one PNG grid. `bench` times
 the loader alone (global batches of train.batch_size on all local devices) and prints images/s.
+
+Preset datasets that need more than `ganjax data prepare` (DATA_DIR: data_dir, default ~/tensorflow_datasets):
+  cityscapes (cityscapes256): registration at https://www.cityscapes-dataset.com/login/; put
+    leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip in DATA_DIR/downloads/manual/ (TFDS's manual
+    dir), then `ganjax data prepare --config configs/gansformer.py:cityscapes256`.
+  lsun/bedroom (bedroom256): TFDS downloads it from dl.yf.io (about 43 GB); where that server cannot be
+    reached, export its images (LMDB) to a folder and use --dataset folder --folder DIR.
+  ffhq (ffhq256, ffhq1024): not in the TFDS catalog; --config.data.folder=DIR holding the images.
+Preparing a TFDS catalog dataset needs TensorFlow once (pip install 'ganjax[tf]').
 """
 
 import json
