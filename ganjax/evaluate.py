@@ -88,8 +88,9 @@ class Evaluator:
         as in __call__, and nothing is cached when it stops)."""
         if self._reference is None:
             with self._reference_loader(labeled=False) as (cfg, loader, n, path):
+                larger = None if n == loader.num_examples else metrics_lib.larger_cached_reference(cfg, n, self.cache_dir)
                 self._reference = metrics_lib.dataset_reference_stats(
-                    _stoppable(lambda _: loader.next_local(), stop), n, self.extractor, path)
+                    _stoppable(lambda _: loader.next_local(), stop), n, self.extractor, path, larger)
         return self._reference
 
     def class_references(self, stop=None) -> list:

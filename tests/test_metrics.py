@@ -2,6 +2,8 @@
 reference-statistics cache. No torch and no Inception weights: the extractor tests swap in a cheap stand-in
 for the network (tests/test_inception.py proves the network itself)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -315,3 +317,34 @@ def test_a_stop_request_abandons_feature_extraction_between_batches():
         extract.extract_features(_stoppable(batch, noticed), 100, lambda b: b)
     assert calls == [0, 1]
     assert len(extract.extract_features(_stoppable(batch, lambda: False), 10, lambda b: b)) == 10
+
+
+def test_a_smaller_reference_reads_the_first_images_of_a_larger_cached_one(extractor, tmp_path, capsys):
+    """The reference reals are the first N of one fixed order, so the statistics of 12 are the first 12
+    features of a cached 20-image reference (or of the whole split's); nothing is extracted again."""
+    c = config_lib.base_config()
+    c.data.data_dir = str(tmp_path)
+    images = _images(20, seed=6)
+    assert metrics.larger_cached_reference(c, 12) is None
+    full = metrics.dataset_reference_stats([images[:10], images[10:]], 20, extractor,
+                                           metrics.reference_cache_path(c, 20))
+    other = config_lib.base_config()
+    other.data.data_dir, other.model.resolution = str(tmp_path), 64  # other reals: never a superset
+    metrics.dataset_reference_stats([images], 20, extractor, metrics.reference_cache_path(other, 30))
+    larger = metrics.larger_cached_reference(c, 12)
+    assert larger == metrics.reference_cache_path(c, 20)
+    assert metrics.larger_cached_reference(c, 20) is None  # not larger
+    capsys.readouterr()
+
+    def must_not_run(step):
+        raise AssertionError("the larger cached reference should have been used")
+
+    part = metrics.dataset_reference_stats(must_not_run, 12, extractor, metrics.reference_cache_path(c, 12), larger)
+    assert "the first 12 of the 20 reals cached in" in capsys.readouterr().out
+    np.testing.assert_array_equal(part.features, full.features[:12])
+    direct = metrics.FeatureStats.from_features(extractor(images[:12]))
+    np.testing.assert_allclose(part.mu, direct.mu, rtol=1e-6, atol=1e-9)
+    metrics.dataset_reference_stats([images], 20, extractor, metrics.reference_cache_path(c, None))
+    assert metrics.larger_cached_reference(c, 12) == metrics.reference_cache_path(c, 20)  # the smallest larger one
+    os.remove(metrics.reference_cache_path(c, 20))
+    assert metrics.larger_cached_reference(c, 12) == metrics.reference_cache_path(c, None)  # the whole split's

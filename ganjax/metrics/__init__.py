@@ -15,7 +15,8 @@ from ganjax.metrics.fid import feature_moments, frechet_distance
 from ganjax.metrics.inception import features as inception_features
 from ganjax.metrics.kid import kernel_inception_distance
 from ganjax.metrics.improved_precision_recall import precision_recall
-from ganjax.metrics.reference import dataset_reference_stats, exists_everywhere, fid_protocol, reference_cache_path
+from ganjax.metrics.reference import (dataset_reference_stats, exists_everywhere, fid_protocol, larger_cached_reference,
+                                      reference_cache_path)
 from ganjax.metrics.scores import METRICS, compute_metrics, metrics_from_features
 from ganjax.metrics.stats import FeatureStats
 from ganjax.metrics.weights import default_path as default_inception_path
@@ -38,6 +39,7 @@ __all__ = [
     "load_inception",
     "metrics_from_features",
     "precision_recall",
+    "larger_cached_reference",
     "reference_cache_path",
     "fid_protocol",
 ]
