@@ -52,15 +52,25 @@ def table_grid(table) -> np.ndarray:
     return image_grid(table.reshape(rows * cols, *table.shape[2:]), cols=cols)
 
 
-def save_png(image: np.ndarray, path: str):
-    """Write a uint8 HWC image (C = 1 or 3) as PNG, creating the parent directory."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def upscale(image: np.ndarray, scale: int = 1) -> np.ndarray:
+    """[..., H, W, C] -> [..., H * scale, W * scale, C]: each pixel a scale x scale block (nearest neighbour,
+    no new detail: a 32x32 sample stays a 32x32 sample, large enough to look at)."""
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
     image = np.asarray(image)
+    return image if scale == 1 else np.repeat(np.repeat(image, scale, axis=-3), scale, axis=-2)
+
+
+def save_png(image: np.ndarray, path: str, scale: int = 1):
+    """Write a uint8 HWC image (C = 1 or 3) as PNG, `scale` times larger (upscale), creating the parent
+    directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image = upscale(image, scale)
     PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
-def save_image_grid(images, path: str, cols: int | None = None):
-    save_png(image_grid(images, cols), path)
+def save_image_grid(images, path: str, cols: int | None = None, scale: int = 1):
+    save_png(image_grid(images, cols), path, scale)
 
 
 # ---------------------------------------------------------------------------------------- attention maps
@@ -122,11 +132,12 @@ def attention_overlay_grid(images, attn, alpha: float = 0.6) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- animation
 
 
-def save_gif(frames, path: str, fps: float = 12.0):
-    """[F, H, W, C] float in [-1, 1] (or uint8) -> an endlessly looping animated GIF, `fps` frames a second.
+def save_gif(frames, path: str, fps: float = 12.0, scale: int = 1):
+    """[F, H, W, C] float in [-1, 1] (or uint8) -> an endlessly looping animated GIF, `fps` frames a second,
+    `scale` times larger (upscale).
 
     PIL stores identical consecutive frames once with their durations added (same animation, fewer frames)."""
-    frames = to_uint8(frames)
+    frames = upscale(to_uint8(frames), scale)
     if frames.ndim != 4 or len(frames) < 1:
         raise ValueError(f"save_gif needs [F, H, W, C] frames, got shape {frames.shape}")
     if fps <= 0:

@@ -199,19 +199,33 @@ def test_sample_command_writes_every_insight_output(tmp_path):
         [sys.executable, "-m", "ganjax", "sample", "--checkpoint", str(tmp_path / "run"), "--seeds", "0-2",
          "--attention", str(out / "a.png"), "--variation", str(out / "v.png"), "--variations", "2",
          "--truncation", str(out / "t.png"), "--truncation_psis", "0,0.5,1", "--interpolation", str(out / "i.gif"),
-         "--frames", "5"],
+         "--frames", "5", "--scale", "2"],
         cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     layers = len(G.cfg.attention_layers)
     k = G.cfg.num_latents
     sizes = {name: PIL.Image.open(out / name).size for name in ("a.png", "v.png", "t.png")}
-    assert sizes == {"a.png": ((1 + layers) * 16, 3 * 16), "v.png": (3 * 16, k * 16), "t.png": (3 * 16, 3 * 16)}
+    s = 2 * 16  # --scale 2
+    assert sizes == {"a.png": ((1 + layers) * s, 3 * s), "v.png": (3 * s, k * s), "t.png": (3 * s, 3 * s)}
     with PIL.Image.open(out / "i.gif") as gif:
-        assert gif.n_frames == 5 and gif.size == (16, 16)
-    # the PNG is the overlay grid of the checkpoint's G_ema (one level of slack for float differences)
+        assert gif.n_frames == 5 and gif.size == (s, s)
+    # the PNG is the overlay grid of the checkpoint's G_ema, each pixel a 2x2 block (one level of slack for
+    # float differences)
     grid = np.asarray(PIL.Image.open(out / "a.png").convert("RGB")).astype(int)
     images, attn = insight.attention(G, variables, [0, 1, 2])
-    assert np.abs(grid - viz.attention_overlay_grid(images, attn)).max() <= 1
+    assert np.abs(grid - viz.upscale(viz.attention_overlay_grid(images, attn), 2)).max() <= 1
+
+
+def test_upscale_repeats_each_pixel_as_a_block():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    big = viz.upscale(image, 3)
+    assert big.shape == (6, 9, 3)
+    np.testing.assert_array_equal(big[3:6, 6:9], np.broadcast_to(image[1, 2], (3, 3, 3)))
+    np.testing.assert_array_equal(viz.upscale(np.stack([image, image]), 2)[1], viz.upscale(image, 2))  # frames
+    assert viz.upscale(image, 1) is image
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="scale must be a positive integer"):
+            viz.upscale(image, bad)
 
 
 def test_attention_snapshot_reads_back_from_tensorboard(tiny_g, tmp_path):

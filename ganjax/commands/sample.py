@@ -47,6 +47,8 @@ flags.DEFINE_string("interpolation", "", "write a latent interpolation through t
 flags.DEFINE_integer("frames", 48, "frames of --interpolation")
 flags.DEFINE_enum("interp", "slerp", ["slerp", "lerp"], "interpolation in z of --interpolation")
 flags.DEFINE_float("fps", 12.0, "frames per second of --interpolation")
+flags.DEFINE_integer("scale", 1, "write every output this many times larger (nearest neighbour), e.g. 4 for 32^2 "
+                     "samples")
 FLAGS = flags.FLAGS
 
 
@@ -73,8 +75,9 @@ def main(argv):
                          "--attention, --variation, --truncation, --interpolation)")
     if FLAGS.n < 1 or FLAGS.batch_size < 1:
         raise SystemExit("ganjax sample: --n and --batch_size must be >= 1")
-    if FLAGS.variations < 1 or FLAGS.frames < 2 or FLAGS.fps <= 0 or not 0 <= FLAGS.alpha <= 1:
-        raise SystemExit("ganjax sample: --variations >= 1, --frames >= 2, --fps > 0, 0 <= --alpha <= 1")
+    if FLAGS.variations < 1 or FLAGS.frames < 2 or FLAGS.fps <= 0 or not 0 <= FLAGS.alpha <= 1 or FLAGS.scale < 1:
+        raise SystemExit("ganjax sample: --variations >= 1, --frames >= 2, --fps > 0, 0 <= --alpha <= 1, "
+                         "--scale >= 1")
     try:
         seeds = parse_seeds(FLAGS.seeds) if FLAGS.seeds else list(range(FLAGS.n))
         psis = [float(p) for p in FLAGS.truncation_psis.split(",") if p.strip()]
@@ -97,13 +100,13 @@ def main(argv):
                                    batch_size=min(FLAGS.batch_size, len(seeds)))
     if FLAGS.out:
         cols = FLAGS.cols or (len(seeds) if classes is not None and len(classes) > 1 else None)
-        viz.save_image_grid(images, FLAGS.out, cols=cols)
+        viz.save_image_grid(images, FLAGS.out, cols=cols, scale=FLAGS.scale)
         print(f"wrote a grid of {len(images)} images to {FLAGS.out}")
     if FLAGS.out_dir:
         for i, img in enumerate(images):
             seed = seeds[i % len(seeds)]
             name = f"seed{seed:04d}.png" if classes is None else f"class{classes[i // len(seeds)]}_seed{seed:04d}.png"
-            viz.save_png(viz.to_uint8(img), os.path.join(FLAGS.out_dir, name))
+            viz.save_png(viz.to_uint8(img), os.path.join(FLAGS.out_dir, name), FLAGS.scale)
         print(f"wrote {len(images)} images to {FLAGS.out_dir}")
     _insight_outputs(G, variables, seeds, psis, None if classes is None else classes[0])
 
@@ -131,18 +134,18 @@ def _insight_outputs(G, variables, seeds, psis, label):
             images, attn = insight.attention(G, variables, seeds, psi=FLAGS.psi, **common)
         except ValueError as e:
             raise SystemExit(f"ganjax sample --attention: {e}") from None
-        viz.save_png(viz.attention_overlay_grid(images, attn, FLAGS.alpha), FLAGS.attention)
+        viz.save_png(viz.attention_overlay_grid(images, attn, FLAGS.alpha), FLAGS.attention, FLAGS.scale)
         print(f"wrote attention overlays ({len(seeds)} seeds x {attn.shape[2]} layers) to {FLAGS.attention}")
     if FLAGS.variation:
         table = insight.latent_variation(G, variables, seeds[0], FLAGS.variations, psi=FLAGS.psi, **common)
-        viz.save_png(viz.table_grid(table), FLAGS.variation)
+        viz.save_png(viz.table_grid(table), FLAGS.variation, FLAGS.scale)
         print(f"wrote per-latent variation of seed {seeds[0]} ({len(table)} components) to {FLAGS.variation}")
     if FLAGS.truncation:
         table = insight.truncation_sweep(G, variables, seeds, psis, **common)
-        viz.save_png(viz.table_grid(table), FLAGS.truncation)
+        viz.save_png(viz.table_grid(table), FLAGS.truncation, FLAGS.scale)
         print(f"wrote a truncation sweep (psi {psis}) to {FLAGS.truncation}")
     if FLAGS.interpolation:
         frames = insight.interpolation(G, variables, seeds, FLAGS.frames, method=FLAGS.interp, psi=FLAGS.psi,
                                        **common)
-        viz.save_gif(frames, FLAGS.interpolation, fps=FLAGS.fps)
+        viz.save_gif(frames, FLAGS.interpolation, fps=FLAGS.fps, scale=FLAGS.scale)
         print(f"wrote a {FLAGS.frames}-frame {FLAGS.interp} interpolation to {FLAGS.interpolation}")
