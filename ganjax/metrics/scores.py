@@ -33,5 +33,5 @@ def metrics_from_features(reference, features, metrics=("fid",), pr_k=3, kid_sub
 def compute_metrics(batches, num_images, reference, extractor, metrics=("fid",), **kwargs):
     """Features of `num_images` generated images from `batches` (iterable or function step -> batch), scored
     against `reference`; kwargs go to metrics_from_features."""
-    features = extract.extract_features(batches, num_images, extractor)
+    features = extract.extract_features(batches, num_images, extractor, progress="generated images")
     return metrics_from_features(reference, features, metrics, **kwargs)
