@@ -138,3 +138,9 @@ def test_cli_scores_a_checkpoint_with_the_real_inception(workdir, tmp_path):
     assert r["kimg"] == pytest.approx(3 * 8 / 1000)
     assert np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"])
     assert f"fid {r['fid']:.4f}" in proc.stdout
+    from tensorboard.backend.event_processing import event_accumulator  # the scores in tb/ too, at the step
+
+    acc = event_accumulator.EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    fid_events = acc.Scalars("fid") if "fid" in acc.Tags()["scalars"] else acc.Tensors("fid")
+    assert [e.step for e in fid_events] == [3]

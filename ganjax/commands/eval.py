@@ -25,6 +25,7 @@ from ganjax.config import base_config
 from ganjax.evaluate import Evaluator, InceptionWeightsMissing
 from ganjax.metrics.protocols import PROTOCOLS
 from ganjax.metrics.scores import parse_metrics
+from ganjax.train.summary import MetricWriter
 
 flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl is appended here (and the checkpoint's "
                     "default source)", required=True)
@@ -94,7 +95,12 @@ def main(argv):
         record = {"step": step, "kimg": step * int(config.train.batch_size) / 1000, **record}
     if jax.process_index() == 0:
         os.makedirs(FLAGS.workdir, exist_ok=True)
-        with open(os.path.join(FLAGS.workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if step is None:  # an exported generator: no step to put it at in TensorBoard
+            with open(os.path.join(FLAGS.workdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:  # metrics.jsonl and the scores as TensorBoard scalars at the checkpoint's step, like the loop's
+            writer = MetricWriter(FLAGS.workdir)
+            writer.scalars(step, {k: v for k, v in record.items() if k != "step"})
+            writer.close()
         shown = " ".join(f"{k} {v:.4f}" for k, v in scores.items())
         print(f"{shown} ({evaluator.num_images} generated images, {seconds:.0f}s) <- {directory}", flush=True)
