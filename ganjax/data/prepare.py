@@ -1,9 +1,13 @@
 """From `config.data` to a prepared TFDS builder: which builder, which split, and checks before any work."""
 
+import contextlib
+import io
 import os
+import time
 
 import ml_collections
 from array_record.python import array_record_module
+from etils import epath
 
 from ganjax.data import labels as labels_lib
 from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
@@ -83,7 +87,16 @@ def _prepare_here(config):
         source = tfds_catalog.source_builder(config.data.dataset, data_dir(config), BUILTIN)
         if not builder.is_prepared():
             tfds_catalog.prepare_source(source, config.data.dataset)
-    builder.download_and_prepare()
+    if config.data.dataset in BUILTIN and not epath.Path(builder.data_dir, "dataset_info.json").exists():
+        # TFDS would announce a download ("Downloading and preparing dataset Unknown size (download: Unknown
+        # size ...)") for data that is made here: say what happens instead, and keep its progress bars.
+        print(f"data: making the {config.data.dataset} dataset {builder.builder_config.name} in "
+              f"{builder.data_dir} (nothing is downloaded)", flush=True)
+        start = time.time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
+        print(f"data: made it in {time.time() - start:.1f} s", flush=True)
+    builder.download_and_prepare()  # a no-op when prepared
     check_files(builder)
     return builder
 
