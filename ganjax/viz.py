@@ -118,7 +118,7 @@ def attention_overlays(images, attn, alpha: float = 0.6) -> np.ndarray:
     h = seg.shape[2]
     if r % h:
         raise ValueError(f"attention maps of size {h} do not divide the image size {r}")
-    seg = np.repeat(np.repeat(seg, r // h, axis=2), r // h, axis=3)
+    seg = upscale(seg, r // h)
     blend = (1.0 - alpha) * images[:, None].astype(np.float32) + alpha * seg.astype(np.float32)
     blend = np.rint(blend).astype(np.uint8)
     return np.concatenate([images[:, None], blend], axis=1)

@@ -118,4 +118,4 @@ def check_files(builder):
                 why = f"holds {found} records where dataset_info.json lists {expected}"
             if found != expected:
                 raise DatasetDamaged(f"the prepared dataset is damaged: {path} ({name} split) {why}. Delete "
-                                 f"{builder.data_dir} and run `ganjax data prepare` again (or restore the file).")
+                                     f"{builder.data_dir} and run `ganjax data prepare` again (or restore the file).")

@@ -267,10 +267,10 @@ class Iteration:
             grads, m = self.optimizer_step(phases, keys, inputs, live, opt_states)
             for name, g in grads.items():
                 # A phase's gradient is finite iff its norm is: one reduction that the logged norm needs anyway,
-                # where a per-leaf isfinite added ~370 reductions and selects to the step program (shapes32 r1:
-                # a 65 s compile and a 19 s cache load became 37 s and 3 s). A finite gradient whose squared
-                # sum overflows float32 (norm > ~1.8e19) counts as non-finite and skips the iteration, as a
-                # diverged step should (the logged norm is inf then too).
+                # where a per-leaf isfinite added ~370 reductions and selects to the step program (half its
+                # compile and most of its cache load on XLA:CPU: README, The compilation cache). A finite
+                # gradient whose squared sum overflows float32 (norm > ~1.8e19) counts as non-finite and skips
+                # the iteration, as a diverged step should (the logged norm is inf then too).
                 norm = optax.tree.norm(g)
                 finite.append(jnp.isfinite(norm))
                 metrics[f"grad_norm/{name}"] = norm
