@@ -35,6 +35,7 @@ Outputs of this run, in $WORKDIR/:
   config.json           the resolved config
   metrics.jsonl         losses and timings per log step; the FID record ("kind": "eval") last
   samples/fakes*.png    sample grids from fixed latents, one per config.train.sample_every_kimg
+  samples/attention*.png  beside each grid: which latent owns which region, per attention layer
   checkpoints/          Orbax checkpoints (re-running this command resumes from the latest)
   tb/                   TensorBoard events: .venv/bin/tensorboard --logdir $WORKDIR/tb
 MSG

@@ -75,7 +75,8 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
     assert final["kimg"] == pytest.approx(0.32)
 
     samples = sorted(os.listdir(workdir / "samples"))
-    assert samples == ["fakes000000.000.png", "fakes000000.160.png", "fakes000000.320.png", "reals.png"]
+    kimgs = ("000000.000", "000000.160", "000000.320")
+    assert samples == ([f"attention{k}.png" for k in kimgs] + [f"fakes{k}.png" for k in kimgs] + ["reals.png"])
     # tensorboard's own reader (the legacy loader yields the events as written, without its migration of
     # simple values and images into tensors).
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader

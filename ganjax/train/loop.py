@@ -106,10 +106,12 @@ class _SampleGrids:
                      if self._overlays is not None else None)
         if self.is_main:
             # Named by kimg with 3 decimals: grids less than 1 kimg apart get distinct files.
+            kimg = f"{step * self.batch / 1000:010.3f}"
             grid = viz.image_grid(images, self.cols)
-            viz.save_png(grid, os.path.join(self.dir, f"fakes{step * self.batch / 1000:010.3f}.png"))
+            viz.save_png(grid, os.path.join(self.dir, f"fakes{kimg}.png"))
             self.writer.image(step, "samples/fakes", grid)
-            if attention is not None:
+            if attention is not None:  # beside the grid: its first samples, then which latent owns each region
+                viz.save_png(attention, os.path.join(self.dir, f"attention{kimg}.png"))
                 self.writer.image(step, "samples/attention", attention)
 
 
