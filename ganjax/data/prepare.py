@@ -96,7 +96,8 @@ def _prepare_here(config):
         with contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare()
         print(f"data: made it in {time.time() - start:.1f} s", flush=True)
-    builder.download_and_prepare()  # a no-op when prepared
+    else:
+        builder.download_and_prepare()  # a no-op when prepared
     check_files(builder)
     return builder
 
