@@ -134,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
     e.every_pflops = 0.0
     e.at_fractions = ""
     e.num_images = 10000
-    e.metrics = "fid"  # comma list of fid, kid, pr
+    e.metrics = "fid"  # comma list of ganjax/metrics/scores.py's METRICS (fid, kid, pr)
     e.inception_path = ""  # .npz from `ganjax convert inception`; "" = default cache location
     e.batch_size = 64
     # how images reach the Inception network (ganjax/metrics/protocols.py): "pytorch-fid" (pytorch-fid's resize)
@@ -224,8 +224,10 @@ def _nonempty(v):
     return None if isinstance(v, str) and v.strip() else f"{v!r} must be a non-empty string"
 
 
-def _comma_subset(*allowed):
+def _comma_subset_module(module: str, name: str):
+    """A comma list of the names the implementing module defines (module.name, read as _one_of_module)."""
     def check(v):
+        allowed = tuple(getattr(importlib.import_module(module), name))
         items = [s.strip() for s in str(v).split(",") if s.strip()]
         bad = [s for s in items if s not in allowed]
         if bad or not items:
@@ -310,7 +312,7 @@ _RULES = {
     "eval.every_pflops": _number(0),
     "eval.at_fractions": _parsed_by("ganjax.train.length", "parse_fractions"),
     "eval.num_images": _int(2),
-    "eval.metrics": _comma_subset("fid", "kid", "pr"),
+    "eval.metrics": _comma_subset_module("ganjax.metrics.scores", "METRICS"),
     "eval.batch_size": _int(1),
     "eval.fid_protocol": _one_of_module("ganjax.metrics.protocols", "PROTOCOLS"),
     "bench.steps": _int(1),
@@ -411,14 +413,7 @@ def _cross_field_problems(c, num_devices):
     if p.strategy == "shard_map" and model_size not in (1, -1):
         problems.append(f"config.parallel.mesh_model: {model_size} with strategy 'shard_map', which is data "
                         f"parallel only (mesh_model must be 1)")
-    d = c.data
-    if d.dataset == "folder" and not d.folder:
-        problems.append("config.data.folder: must name an image folder when config.data.dataset='folder'")
-    if d.dataset == "shapes" and d.split not in ("train", "test"):
-        problems.append(f"config.data.split: {d.split!r} is not one of ('train', 'test') (the shapes dataset)")
-    if d.dataset == "folder" and d.split != "train":
-        problems.append(f"config.data.split: {d.split!r}: an image folder has one split, 'train'")
-    problems += importlib.import_module("ganjax.data.labels").problems(d.dataset, d.label, c.model.num_classes)
+    problems += importlib.import_module("ganjax.data.sources").problems(c)
     return problems
 
 

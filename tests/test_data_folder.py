@@ -118,7 +118,7 @@ def test_folder_errors(tmp_path):
         data.prepare(folder_config(tmp_path / "empty", tmp_path / "tfds"))
     with pytest.raises(ValueError, match="data.folder: .* is not a directory"):
         data.prepare(folder_config(tmp_path / "missing", tmp_path / "tfds"))
-    with pytest.raises(ValueError, match="data.folder: dataset 'folder' needs data.folder"):
+    with pytest.raises(ValueError, match="data.folder: must name an image folder"):
         data.prepare(folder_config("", tmp_path / "tfds"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.png").write_bytes(b"garbage")

@@ -9,11 +9,11 @@ classes it has, and how an example's label is read.
   {"labels": [["relative/path.png", class_index], ...]}, one entry per image).
 - a TFDS catalog dataset: the name of one of its ClassLabel features (e.g. 'label' for cifar10).
 The folder and catalog builders store the label as their own 'label' feature (a ClassLabel with the
-class names), so a prepared dataset says how many classes it has.
+class names), so a prepared dataset says how many classes it has. Which labels a dataset offers, and the
+checks and readers that depend on it, are in sources.py.
 """
 
 import json
-import operator
 import os
 
 from ganjax.data import scenes
@@ -41,61 +41,6 @@ SHAPES_LABELS = {  # name -> (number of classes, example -> class)
     "front_color": (len(scenes.COLORS), _front_color),
 }
 FOLDER_LABELS = ("subfolders", "dataset.json")
-
-
-def problems(dataset: str, label: str, num_classes: int) -> list[str]:
-    """What is wrong with (data.dataset, data.label, model.num_classes), as far as no file is needed."""
-    if not label and num_classes == 0:
-        return []
-    if not label:
-        return [f"config.data.label: model.num_classes={num_classes} makes the model conditional, but no label "
-                f"is named; set data.label ({_allowed(dataset)}) or model.num_classes=0"]
-    if num_classes == 0:
-        return [f"config.model.num_classes: data.label={label!r} asks for labels, but the model is unconditional "
-                f"(0 classes); set model.num_classes to the label's class count"]
-    if dataset == "shapes":
-        if label not in SHAPES_LABELS:
-            return [f"config.data.label: {label!r} is not a label of the shapes dataset ({_allowed(dataset)})"]
-        count = SHAPES_LABELS[label][0]
-        if num_classes != count:
-            return [f"config.model.num_classes: {num_classes}, but the shapes label {label!r} has {count} classes"]
-    elif dataset == "folder" and label not in FOLDER_LABELS:
-        return [f"config.data.label: {label!r} is not a folder label ({_allowed(dataset)})"]
-    return []
-
-
-def _allowed(dataset: str) -> str:
-    if dataset == "shapes":
-        return "one of " + ", ".join(repr(n) for n in SHAPES_LABELS)
-    if dataset == "folder":
-        return "one of " + ", ".join(repr(n) for n in FOLDER_LABELS)
-    return "a ClassLabel feature of the dataset, e.g. 'label'"
-
-
-def reader(dataset: str, label: str):
-    """example -> int class of a prepared dataset's examples."""
-    if dataset == "shapes":
-        return SHAPES_LABELS[label][1]
-    return operator.itemgetter(STORED)
-
-
-def check_class_count(config, builder):
-    """model.num_classes must be the class count of data.label in the prepared `builder` (an error naming both)."""
-    d, n = config.data, int(config.model.num_classes)
-    have = dataset_classes(d.dataset, d.label, builder)
-    if have != n:
-        raise ValueError(f"model.num_classes: {n}, but the label {d.label!r} of {builder.info.full_name} has "
-                         f"{have} classes")
-
-
-def dataset_classes(dataset: str, label: str, builder) -> int:
-    """The number of classes of the label in a prepared builder."""
-    if dataset == "shapes":
-        return SHAPES_LABELS[label][0]
-    features = builder.info.features
-    if STORED not in features.keys():
-        raise ValueError(f"data.label: the prepared dataset {builder.info.full_name} has no {STORED!r} feature")
-    return int(features[STORED].num_classes)
 
 
 # -- folders -----------------------------------------------------------------------------------------------
@@ -132,7 +77,7 @@ def folder_classes(folder: str, files: list[str], label: str) -> tuple[tuple[str
             bad = min(labels, key=labels.get)
             raise ValueError(f"data.label: {path} gives {bad!r} the negative class {labels[bad]}")
         return tuple(str(i) for i in range(max(labels.values()) + 1)), labels
-    raise ValueError(f"data.label: {label!r} is not a folder label ({_allowed('folder')})")
+    raise ValueError(f"data.label: {label!r} is not a folder label (one of {', '.join(map(repr, FOLDER_LABELS))})")
 
 
 def labels_file_digest(folder: str) -> bytes:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganjax.data import labels as labels_lib
+from ganjax.data import sources
 from ganjax.data import prepare as prepare_lib
 
 STATE_VERSION = 1
@@ -117,7 +117,7 @@ class Loader:
         self.labeled = bool(config.data.label)
         self.num_classes = int(config.model.num_classes)
         if self.labeled:
-            labels_lib.check_class_count(config, builder)
+            sources.check_class_count(config, builder)
         source = grain.MapDataset.source(builder.as_data_source(split=split))
         if config.data.max_images:  # the first N examples of the split (small-data runs, e.g. for ADA)
             source = source[: int(config.data.max_images)]
@@ -126,7 +126,7 @@ class Loader:
         self._seed = int(config.data.shuffle_seed)
         self._worker_count = int(config.data.worker_count)
 
-        element = _Labeled(labels_lib.reader(config.data.dataset, config.data.label)) if self.labeled else _image
+        element = _Labeled(sources.label_reader(config.data.dataset, config.data.label)) if self.labeled else _image
         ds = source.map(element).shuffle(seed=self._seed).repeat(None)
         if config.data.mirror:
             ds = ds.random_map(_mirror, seed=self._seed + 1)
@@ -215,10 +215,10 @@ def class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
     builder, split = prepare_lib.builder_and_split(config)
     if not builder.is_prepared():
         raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}")
-    labels_lib.check_class_count(config, builder)
+    sources.check_class_count(config, builder)
     n = int(config.model.num_classes)
     source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    read = labels_lib.reader(config.data.dataset, config.data.label)
+    read = sources.label_reader(config.data.dataset, config.data.label)
     labels = np.fromiter((read(source[i]) for i in range(len(source))), np.int64, len(source))
     return np.bincount(labels, minlength=n)[:n]
 

@@ -10,11 +10,8 @@ from array_record.python import array_record_module
 from etils import epath
 
 from ganjax.data import labels as labels_lib
-from ganjax.data import tfds_catalog, tfds_folder, tfds_shapes
+from ganjax.data import sources, tfds_catalog
 from ganjax.models.config import ModelConfig
-
-BUILTIN = ("shapes", "folder")
-
 
 class DatasetDamaged(ValueError):
     """A prepared dataset's file does not hold what its dataset_info.json lists (the message names it)."""
@@ -29,18 +26,14 @@ def validate(config: ml_collections.ConfigDict):
     ModelConfig(resolution=config.model.resolution).validate_resolution()
     d = config.data
     if not d.dataset:
-        raise ValueError(f"data.dataset: must be set ({', '.join(BUILTIN)} or a TFDS catalog name)")
+        raise ValueError(f"data.dataset: must be set ({', '.join(sources.SOURCES)} or a TFDS catalog name)")
     if not d.aspect_ratio > 0:
         raise ValueError(f"data.aspect_ratio: must be > 0 (height / width; got {d.aspect_ratio})")
     if d.prefetch < 0:
         raise ValueError(f"data.prefetch: must be >= 0 batches (got {d.prefetch})")
     if d.worker_count < 0:
         raise ValueError(f"data.worker_count: must be >= 0 (got {d.worker_count})")
-    if d.dataset == "shapes" and d.split not in ("train", "test"):
-        raise ValueError(f"data.split: the shapes dataset has splits 'train' and 'test' (got {d.split!r})")
-    if d.dataset == "folder" and d.split != "train":
-        raise ValueError(f"data.split: an image folder has one split, 'train' (got {d.split!r})")
-    problems = labels_lib.problems(d.dataset, d.label, int(config.model.num_classes))
+    problems = sources.problems(config)
     if problems:
         raise ValueError(problems[0].removeprefix("config."))
 
@@ -49,13 +42,12 @@ def builder_and_split(config: ml_collections.ConfigDict):
     """(TFDS builder, split to read) for config.data; does not prepare anything."""
     validate(config)
     d, r = config.data, config.model.resolution
-    if d.dataset == "shapes":
-        return tfds_shapes.make_builder(tfds_shapes.ShapesConfig.make(r, d.num_images), data_dir(config)), d.split
-    if d.dataset == "folder":
-        return tfds_folder.make_builder(tfds_folder.FolderConfig.make(d.folder, r, d.aspect_ratio, d.label),
-                                        data_dir(config)), "train"
+    made_here = sources.builder(config, data_dir(config))
+    if made_here is not None:
+        return made_here, d.split
     # A catalog dataset: the derived, resized copy holds the configured source split as 'train'.
-    source = tfds_catalog.source_builder(d.dataset, data_dir(config), BUILTIN)  # unknown names fail here, early
+    # Unknown names fail here, early.
+    source = tfds_catalog.source_builder(d.dataset, data_dir(config), tuple(sources.SOURCES))
     classes = labels_lib.catalog_classes(source.info.features, d.label, d.dataset) if d.label else ()
     cfg = tfds_catalog.CatalogConfig.make(d.dataset, d.split, r, d.aspect_ratio, d.label, classes)
     return tfds_catalog.make_builder(cfg, data_dir(config)), "train"
@@ -83,11 +75,11 @@ def prepare(config: ml_collections.ConfigDict):
 
 def _prepare_here(config):
     builder, _ = builder_and_split(config)
-    if config.data.dataset not in BUILTIN:
-        source = tfds_catalog.source_builder(config.data.dataset, data_dir(config), BUILTIN)
+    if config.data.dataset not in sources.SOURCES:
+        source = tfds_catalog.source_builder(config.data.dataset, data_dir(config), tuple(sources.SOURCES))
         if not builder.is_prepared():
             tfds_catalog.prepare_source(source, config.data.dataset)
-    if config.data.dataset in BUILTIN and not epath.Path(builder.data_dir, "dataset_info.json").exists():
+    if config.data.dataset in sources.SOURCES and not epath.Path(builder.data_dir, "dataset_info.json").exists():
         # TFDS would announce a download ("Downloading and preparing dataset Unknown size (download: Unknown
         # size ...)") for data that is made here: say what happens instead, and keep its progress bars.
         print(f"data: making the {config.data.dataset} dataset {builder.builder_config.name} in "
