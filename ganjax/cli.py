@@ -1,13 +1,19 @@
 """`ganjax <command> [flags]`: one entry point, one module per subcommand.
 
 Each subcommand lives in `ganjax/commands/<name>.py` and defines its own absl flags plus
-`main(argv)`. Only the chosen module is imported, so each command's `--help` lists its own flags.
+`main(argv)`. Only the chosen module is imported (COMMANDS names them): a command module defines its absl
+flags when imported, several define the same names (--config, --workdir, --out), and each command's `--help`
+lists its own flags; `ganjax plan` also sets libtpu's environment before anything imports JAX.
 """
 
 import difflib
 import importlib
 import importlib.util
 import sys
+
+from absl import app, flags
+
+from ganjax.config import ConfigError, base_config
 
 COMMANDS = {
     "train": "train a GAN (resumes from the workdir's latest checkpoint)",
@@ -38,8 +44,6 @@ def usage() -> str:
 def override_problems(args) -> list[str]:
     """`--config.<path>=value` overrides whose path is not a field of the config schema (ganjax.config), each
     with the nearest field; found before absl parses them (which fails with a bare AttributeError)."""
-    from ganjax.config import base_config
-
     problems = []
     for arg in args:
         if not arg.startswith("--config."):
@@ -68,8 +72,6 @@ def main(argv=None):
         print(f"ganjax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(f"ganjax.commands.{name}")
-    from absl import app, flags
-
     # config_flags reads `--config.<field>` overrides from sys.argv, so it must be the argv parsed here
     # (matters when main() is called with an explicit argv).
     sys.argv = [f"ganjax {name}"] + argv[2:]
@@ -86,8 +88,6 @@ def main(argv=None):
     if problems:
         print("\n".join(f"ganjax {name}: {p}" for p in problems), file=sys.stderr)
         sys.exit(2)
-    from ganjax.config import ConfigError
-
     try:
         app.run(module.main, argv=sys.argv)
     except ConfigError as e:  # a wrong value: the message names every field, a traceback adds nothing

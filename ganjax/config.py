@@ -10,6 +10,7 @@ import math
 import os
 
 import dataclasses
+import difflib
 import importlib
 
 import ml_collections
@@ -333,8 +334,6 @@ def _get(config, path):
 
 def _schema_problems(config, schema, prefix="config"):
     """Unknown or missing fields and wrong types, against base_config() (catches typos in config files)."""
-    import difflib
-
     problems = []
     for key in config.keys():
         if key not in schema:

@@ -26,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ganjax import data
 from ganjax import metrics as metrics_lib
 from ganjax import sampling
 from ganjax.metrics.scores import parse_metrics
@@ -127,8 +128,6 @@ class Evaluator:
         """(config, loader, n, cache path) of the reference's reals: the first n = min(num_images, dataset size)
         of the shuffled split, un-mirrored, all of it when training uses a subset (as StyleGAN2-ADA scores),
         with their labels or (the same reals either way) without."""
-        from ganjax import data
-
         cfg = self.config.copy_and_resolve_references()
         cfg.unlock()
         cfg.data.mirror, cfg.data.max_images = False, 0
@@ -162,8 +161,6 @@ class Evaluator:
     def class_logits(self):
         """log class frequencies of the data's labels (what a conditional G's fakes are drawn from)."""
         if self._class_logits is None:
-            from ganjax import data  # the data pipeline only for a conditional G
-
             counts = data.class_counts(self.config)
             with np.errstate(divide="ignore"):  # a class with no example is never drawn
                 self._class_logits = np.log(counts / counts.sum()).astype(np.float32)

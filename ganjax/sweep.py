@@ -228,7 +228,7 @@ def write_markdown(path, columns, rows):
 
 def plot(path, rows, metric, param, params):
     """metric against the swept `param`, one line per combination of the other swept values."""
-    import matplotlib
+    import matplotlib  # deferred: plotting is the only user, and matplotlib takes seconds to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -10,7 +10,11 @@ an error (the bench record's `peak_error`) and not divided by.
 import functools
 import time
 
+import jax
+import jax.numpy as jnp
+
 from ganjax import hardware
+from ganjax.nn import precision
 
 lookup = hardware.lookup
 key_for_device = hardware.key_for_device
@@ -23,11 +27,6 @@ def cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 30) -> 
     Best of many short runs (~10 ms each): on a shared machine a few of 5 were all slowed, which
     halved the peak and doubled the MFU (a cpu_medium bench reported 103%). 16-bit dtypes are probed as the
     models multiply them: float32 accumulation (ganjax.nn.precision), the CPU's bf16 dot-product path."""
-    import jax
-    import jax.numpy as jnp
-
-    from ganjax.nn import precision
-
     cpu = jax.devices("cpu")[0]
     a = jax.device_put(jnp.ones((n, n), dtype), cpu)
     f = jax.jit(lambda x: precision.einsum("ij,jk->ik", x, x))

@@ -8,7 +8,9 @@ import time
 
 from ganjax import hardware
 from ganjax.bench import hlo_comm, peaks, scaling
+from ganjax.bench import run
 from ganjax.bench.sweep import apply_mesh
+from ganjax.models import ModelConfig
 from ganjax.models.flops import model_flops
 from ganjax.plan import tpu
 from ganjax.train import cost
@@ -41,8 +43,6 @@ def comm_ops(config, strategy: str, model_cfg, device_key: str | None = None, lo
             log(f"scaling: {strategy} variant {prog.name} on {slice_name}: {len(prog.collectives)} collectives")
         return ops, (f"hlo: collectives of the iteration variants compiled by the TPU compiler for {slice_name} "
                      f"({strategy}, in {time.perf_counter() - t0:.0f} s), weighted by how often each variant runs")
-    from ganjax.bench import run
-
     c = config.copy_and_resolve_references()
     apply_mesh(c, {"data": N0 if strategy == "dp" else 1, "fsdp": N0 if strategy == "fsdp" else 1, "model": 1})
     c.train.batch_size = b.batch_per_device * N0
@@ -65,8 +65,6 @@ def tpu_slice_for(device_key: str | None) -> str | None:
 
 
 def report(config, device_key: str, log=print) -> str:
-    from ganjax.models import ModelConfig
-
     model_cfg = ModelConfig.from_config(config.model)
     p = peaks.lookup(device_key)
     b = config.bench

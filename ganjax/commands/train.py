@@ -7,6 +7,11 @@ A run resumes from DIR/checkpoints unless --fresh.
 from absl import flags
 from ml_collections import config_flags
 
+from ganjax.checkpoint import CheckpointError
+from ganjax.data import DatasetDamaged
+from ganjax.train.loop import TrainingStopped, train
+from ganjax.train.workdir_lock import WorkdirLocked
+
 config_flags.DEFINE_config_file("config", None, "config file with an optional :preset", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (config.json, metrics, samples, checkpoints)", required=True)
 flags.DEFINE_bool("fresh", False, "start from scratch: delete DIR's checkpoints, metrics and samples first")
@@ -20,11 +25,6 @@ def main(argv):
         raise SystemExit(f"ganjax train: unexpected arguments {argv[1:]}")
     if FLAGS.config is None:
         raise SystemExit("ganjax train needs --config configs/<file>.py[:preset]")
-    from ganjax.train.loop import TrainingStopped, train
-    from ganjax.checkpoint import CheckpointError
-    from ganjax.data import DatasetDamaged
-    from ganjax.train.workdir_lock import WorkdirLocked
-
     try:
         if FLAGS.fresh and FLAGS.resume_step is not None:
             raise SystemExit("ganjax train: --fresh and --resume_step contradict each other")

@@ -16,6 +16,8 @@ checks and readers that depend on it, are in sources.py.
 import json
 import os
 
+import tensorflow_datasets as tfds
+
 from ganjax.data import scenes
 
 STORED = "label"  # the feature a folder or catalog dataset keeps its label in
@@ -93,8 +95,6 @@ def labels_file_digest(folder: str) -> bytes:
 
 def catalog_classes(features, label: str, name: str) -> tuple[str, ...]:
     """The class names of a catalog dataset's ClassLabel feature `label`."""
-    import tensorflow_datasets as tfds
-
     found = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
     feature = features[label] if label in features else None
     if not isinstance(feature, tfds.features.ClassLabel):

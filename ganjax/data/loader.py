@@ -22,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
 
-from ganjax.data import sources
 from ganjax.data import prepare as prepare_lib
+from ganjax.data import sources
 
 STATE_VERSION = 1
 
@@ -137,8 +139,6 @@ class Loader:
         ahead = int(config.data.prefetch)
         it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
         if self._worker_count:
-            from absl import flags
-
             if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside `ganjax` take defaults
                 flags.FLAGS.mark_as_parsed()
             it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
@@ -210,8 +210,6 @@ class Loader:
 def class_counts(config: ml_collections.ConfigDict) -> np.ndarray:
     """int64 [model.num_classes]: how many examples of the split (all of it, as FID's reference) hold each class
     of config.data.label; read without decoding the images."""
-    import tensorflow_datasets as tfds
-
     builder, split = prepare_lib.builder_and_split(config)
     if not builder.is_prepared():
         raise ValueError(f"data.dataset: {config.data.dataset!r} is not prepared in {builder.data_dir}")

@@ -5,9 +5,11 @@ import io
 import os
 import time
 
+import jax
 import ml_collections
 from array_record.python import array_record_module
 from etils import epath
+from jax.experimental import multihost_utils
 
 from ganjax.data import labels as labels_lib
 from ganjax.data import sources, tfds_catalog
@@ -59,11 +61,7 @@ def prepare(config: ml_collections.ConfigDict):
     In a multi-process run, process 0 prepares first and the others wait, then check (or, with per-host data
     dirs, make) their own copy; so a shared data dir is written once.
     """
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         if jax.process_index() == 0:
             builder = _prepare_here(config)
         multihost_utils.sync_global_devices("ganjax.data.prepare")

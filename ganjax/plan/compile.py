@@ -21,6 +21,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 
 from ganjax import hardware, parallel
 from ganjax.bench import compiled as compiled_lib
@@ -104,8 +105,6 @@ def _oom(error: Exception) -> dict | None:
 
 
 def _versions() -> str:
-    import jaxlib
-
     try:
         libtpu = importlib.metadata.version("libtpu")
     except importlib.metadata.PackageNotFoundError:

@@ -163,7 +163,7 @@ def sweep(config, slices: list[str], strategies: list[str], sizes: list[str], ba
 
 
 def plot(rows: list[dict], maxes: list[dict], out_dir: str) -> str:
-    import matplotlib  # deferred: plotting is the only user
+    import matplotlib  # deferred: plotting is the only user, and matplotlib takes seconds to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

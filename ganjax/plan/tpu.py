@@ -33,7 +33,7 @@ def libtpu_missing_reason() -> str | None:
     """Why TPU programs cannot be compiled here (None when libtpu is installed)."""
     if importlib.util.find_spec("libtpu") is not None:
         return None
-    import jax
+    import jax  # deferred: this module is imported before prepare_environment(), JAX after it
 
     return (f"libtpu is not installed, and compiling for a TPU needs it. Install it with\n"
             f"    pip install 'jax[tpu]=={jax.__version__}'\n"
@@ -51,7 +51,7 @@ def devices(slice_name: str) -> tuple:
     """The abstract devices (one per chip) of a slice such as 'v5p-64'."""
     s = hardware.tpu_slice(slice_name)
     check_libtpu()
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # deferred: after prepare_environment() (module docstring)
 
     desc = topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name,
                                         chip_config_name=s.accelerator.chip_config)

@@ -7,6 +7,7 @@ the consecutive-skip counter of the *previous* step, which has finished or nearl
 not drain the dispatch queue.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -307,10 +308,36 @@ def train(config, workdir: str, *, fresh: bool = False, hooks=(), resume_step: i
             lock.release()
 
 
-def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step, startup: StartupExit) -> dict:
+@dataclasses.dataclass
+class _Session:
+    """What one training session holds between its steps (built by _start, closed by close())."""
+    config: object
+    workdir: str
+    is_main: bool
+    tr: setup.Training
+    length: RunLength
+    loader: object
+    ckpt: Checkpointer
+    evaluation: PeriodicEvaluation | None
+    schedule: EvalSchedule
+    writer: MetricWriter
+    samples: _SampleGrids | None
+    window: _LogWindow
+    state: object
+    history: list
+    start: int
+
+    def close(self):
+        self.ckpt.close()
+        self.writer.close()
+        self.loader.close()
+
+
+def _start(config, workdir: str, fresh: bool, is_main: bool, resume_step, startup: StartupExit) -> _Session:
+    """Workdir, model, evaluation, data, checkpoint restore, cost meter, writers: the session before its
+    first step. Each stage names itself to `startup`, so a SIGTERM during it says what was interrupted."""
     startup.phase = "preparing the workdir"
     workdir = _prepare_workdir(config, workdir, fresh, is_main)
-
     t = config.train
     mesh = parallel.make_mesh(config)
     startup.phase = "building the model"
@@ -335,59 +362,70 @@ def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step,
     meter = CostMeter(tr.model_cfg, t, num_devices=mesh.size,
                       device_seconds=next((h["compute/device_seconds"] for h in reversed(history)
                                            if "compute/device_seconds" in h), 0.0))
-    schedule = EvalSchedule(config, length, meter.device_seconds)
     writer = MetricWriter(workdir, enabled=is_main, start_step=start)
-    samples = _SampleGrids(tr, workdir, writer, is_main) if t.sample_every_kimg > 0 else None
     window = _LogWindow(config, meter, writer, history, length, is_main)
     tr.train_step.on_compiled = window.on_compiled
-    last, prev_metrics = {}, None
-    step = start
-    finished = length.finished(start, meter.device_seconds)
-    startup.phase = "compiling the first step"
-    if is_main and not finished:
-        print(f"step {start}: compiling the training step programs (run length {length.describe()})", flush=True)
+    return _Session(config=config, workdir=workdir, is_main=is_main, tr=tr, length=length, loader=loader, ckpt=ckpt,
+                    evaluation=evaluation, schedule=EvalSchedule(config, length, meter.device_seconds),
+                    writer=writer, window=window, state=state, history=history, start=start,
+                    samples=_SampleGrids(tr, workdir, writer, is_main) if t.sample_every_kimg > 0 else None)
+
+
+def _train(config, workdir: str, fresh: bool, hooks, is_main: bool, resume_step, startup: StartupExit) -> dict:
+    s = _start(config, workdir, fresh, is_main, resume_step, startup)
     try:
-        if finished:
-            print(f"already at step {start}, the end of the run's length ({length.describe()}); nothing to do",
-                  flush=True)
-        while not finished:
-            reals, labels = window.next_batch(loader)
-            if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)
-                _save_reals(reals, int(t.sample_grid), workdir, is_main)
-                if samples is not None:
-                    samples(0, state)
-            state, metrics = tr.train_step(state, reals, step, labels)
-            startup.disarm()  # compiled and dispatched: from here a notice saves at the step boundary
-            done = step + 1
-            window.add(metrics)
-            _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
-            prev_metrics = metrics
-            seconds = window.device_seconds(done)
-            finished = length.finished(done, seconds)
-            # Preemption first: save and exit before evaluation and sample grids, which a resume does not need
-            # (a preempted VM gives ~30 s from SIGTERM to SIGKILL). A log line due at this step is still
-            # written (one fetch of the window's metrics), so the metric history stays whole across the resume.
-            if ckpt.preemption_requested(done):
-                return _save_and_exit(ckpt, window, done, finished, state, loader, history, last)
-            extra = _run_hooks(hooks, done, state, metrics)
-            if evaluation is not None and schedule.due(done, finished, seconds):
-                try:
-                    extra.update(evaluation(state))
-                except EvaluationAbandoned:  # SIGTERM during an evaluation: its result is not needed to resume
-                    print(f"preemption: abandoned the evaluation of step {done}", flush=True)
-                    return _save_and_exit(ckpt, window, done, finished, state, loader, history, last)
-            if window.due(done, extra, finished):
-                last = window.log(done, extra)
-                ckpt.check_saves()  # a failed asynchronous save stops the run here, not at the next save
-            if samples is not None and samples.due(done):
-                samples(done, state)
-            ckpt.maybe_save(done, state, loader, history)
-            step = done
-        ckpt.maybe_save(step, state, loader, history, force=True)
-        if samples is not None and step > start and samples.last != step:
-            samples(step, state)
+        return _steps(s, hooks, startup)
     finally:
-        ckpt.close()
-        writer.close()
-        loader.close()
+        s.close()
+
+
+def _steps(s: _Session, hooks, startup: StartupExit) -> dict:
+    """Step until the run's length: batch, step, skip check, preemption, hooks, evaluation, log line, sample
+    grid, checkpoint; then the final checkpoint and grid. Returns the last logged metrics."""
+    t, window, ckpt = s.config.train, s.window, s.ckpt
+    last, prev_metrics = {}, None
+    step = s.start
+    finished = s.length.finished(step, window.meter.device_seconds)
+    startup.phase = "compiling the first step"
+    if s.is_main and not finished:
+        print(f"step {step}: compiling the training step programs (run length {s.length.describe()})", flush=True)
+    if finished:
+        print(f"already at step {step}, the end of the run's length ({s.length.describe()}); nothing to do",
+              flush=True)
+    while not finished:
+        reals, labels = window.next_batch(s.loader)
+        if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)
+            _save_reals(reals, int(t.sample_grid), s.workdir, s.is_main)
+            if s.samples is not None:
+                s.samples(0, s.state)
+        s.state, metrics = s.tr.train_step(s.state, reals, step, labels)
+        startup.disarm()  # compiled and dispatched: from here a notice saves at the step boundary
+        done = step + 1
+        window.add(metrics)
+        _check_skips(prev_metrics, done, t.max_consecutive_skips, ckpt)
+        prev_metrics = metrics
+        seconds = window.device_seconds(done)
+        finished = s.length.finished(done, seconds)
+        # Preemption first: save and exit before evaluation and sample grids, which a resume does not need
+        # (a preempted VM gives ~30 s from SIGTERM to SIGKILL). A log line due at this step is still
+        # written (one fetch of the window's metrics), so the metric history stays whole across the resume.
+        if ckpt.preemption_requested(done):
+            return _save_and_exit(ckpt, window, done, finished, s.state, s.loader, s.history, last)
+        extra = _run_hooks(hooks, done, s.state, metrics)
+        if s.evaluation is not None and s.schedule.due(done, finished, seconds):
+            try:
+                extra.update(s.evaluation(s.state))
+            except EvaluationAbandoned:  # SIGTERM during an evaluation: its result is not needed to resume
+                print(f"preemption: abandoned the evaluation of step {done}", flush=True)
+                return _save_and_exit(ckpt, window, done, finished, s.state, s.loader, s.history, last)
+        if window.due(done, extra, finished):
+            last = window.log(done, extra)
+            ckpt.check_saves()  # a failed asynchronous save stops the run here, not at the next save
+        if s.samples is not None and s.samples.due(done):
+            s.samples(done, s.state)
+        ckpt.maybe_save(done, s.state, s.loader, s.history)
+        step = done
+    ckpt.maybe_save(step, s.state, s.loader, s.history, force=True)
+    if s.samples is not None and step > s.start and s.samples.last != step:
+        s.samples(step, s.state)
     return last

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from ganjax.models.mapping import example_labels
+from ganjax.parallel.rules import tree_shardings
 from ganjax.train import recipe
 from ganjax.train.ramps import Ramps
 
@@ -92,8 +93,6 @@ def unbox(tree):
 
 def abstract_state(G, D, g_opt, d_opt, model_cfg, mesh, rules, augment=None):
     """(boxed abstract state, NamedSharding pytree of the unboxed state) without allocating anything."""
-    from ganjax.parallel.rules import tree_shardings
-
     boxed = jax.eval_shape(lambda k: init_state_boxed(G, D, g_opt, d_opt, model_cfg, k, augment),
                            jax.random.key(0))
     return boxed, tree_shardings(boxed, mesh, rules)

@@ -10,6 +10,9 @@ import os
 import time
 
 import numpy as np
+import PIL.Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 def trim_jsonl(path: str, last_step: int) -> int:
@@ -45,9 +48,6 @@ class MetricWriter:
         self._jsonl = self._events = None
         if not enabled:
             return
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "metrics.jsonl")
         if start_step is not None:
@@ -62,8 +62,6 @@ class MetricWriter:
                                                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def _add(self, step: int, values: list):
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
         event = event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values))
         self._events.add_event(event)
 
@@ -71,8 +69,6 @@ class MetricWriter:
         """One metrics.jsonl line (all values) and one TensorBoard scalar per numeric value."""
         if not self.enabled:
             return
-        from tensorboard.compat.proto import summary_pb2
-
         self._jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
         values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()
                   if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
@@ -82,9 +78,6 @@ class MetricWriter:
         """A uint8 HWC image as a TensorBoard image summary (PNG-encoded)."""
         if not self.enabled:
             return
-        import PIL.Image
-        from tensorboard.compat.proto import summary_pb2
-
         buf = io.BytesIO()
         PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
         img = summary_pb2.Summary.Image(height=image.shape[0], width=image.shape[1], colorspace=image.shape[-1],
