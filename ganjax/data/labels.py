@@ -45,6 +45,15 @@ SHAPES_LABELS = {  # name -> (number of classes, example -> class)
 FOLDER_LABELS = ("subfolders", "dataset.json")
 
 
+def stored_features(resolution: int, label: str, classes, **extra) -> tfds.features.FeaturesDict:
+    """What a folder or catalog dataset stores per example: the PNG image (resolution^2, RGB), the `extra`
+    features, and with a label its classes as the ClassLabel feature STORED."""
+    features = {"image": tfds.features.Image(shape=(resolution, resolution, 3), encoding_format="png"), **extra}
+    if label:
+        features[STORED] = tfds.features.ClassLabel(names=list(classes))
+    return tfds.features.FeaturesDict(features)
+
+
 # -- folders -----------------------------------------------------------------------------------------------
 
 def folder_classes(folder: str, files: list[str], label: str) -> tuple[tuple[str, ...], dict[str, int]]:

@@ -115,11 +115,8 @@ class GanjaxCatalog(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
-        features = {"image": tfds.features.Image(shape=(cfg.resolution, cfg.resolution, 3), encoding_format="png")}
-        if cfg.label:
-            features[labels_lib.STORED] = tfds.features.ClassLabel(names=list(cfg.classes))
         return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                     features=tfds.features.FeaturesDict(features))
+                                     features=labels_lib.stored_features(cfg.resolution, cfg.label, cfg.classes))
 
     def _split_generators(self, dl_manager):
         del dl_manager

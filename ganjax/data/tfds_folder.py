@@ -91,15 +91,9 @@ class GanjaxFolder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
-        r = cfg.resolution
-        features = {
-            "image": tfds.features.Image(shape=(r, r, 3), encoding_format="png"),
-            "path": tfds.features.Text(),  # relative to the folder, to trace an image back
-        }
-        if cfg.label:
-            features[labels_lib.STORED] = tfds.features.ClassLabel(names=list(cfg.classes))
-        return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                     features=tfds.features.FeaturesDict(features))
+        # path: relative to the folder, to trace an image back
+        features = labels_lib.stored_features(cfg.resolution, cfg.label, cfg.classes, path=tfds.features.Text())
+        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features)
 
     def _split_generators(self, dl_manager):
         del dl_manager

@@ -1,15 +1,13 @@
 """ModelConfig: the `model` section of the config as a frozen, validated dataclass."""
 
 import dataclasses
+import importlib
 import math
 
 ARCH_G = ("resnet", "skip")
 ARCH_D = ("resnet",)
-ATTENTION = ("official", "simplex", "duplex", "none")
-INTEGRATION = ("mul", "add", "both")
 MAPPING_NORM = ("joint", "component")
 DTYPES = ("float32", "bfloat16")
-CONV_IMPLS = ("auto", "matmul", "xla")
 D_CMAP_LAYERS = 2  # a conditional D's fc layers after its label embedding (StyleGAN2-ADA's CIFAR-10 setting, map=2)
 
 
@@ -152,11 +150,14 @@ class ModelConfig:
             need_bool(f)
         need_choice("architecture_g", ARCH_G)
         need_choice("architecture_d", ARCH_D)
-        need_choice("attention", ATTENTION)
-        need_choice("integration", INTEGRATION)
+        # The attention kinds, integrations and convolution forms come from the modules that implement them
+        # (imported here, when a model section is checked: they import JAX, this module does not).
+        attention, conv = importlib.import_module("ganjax.nn.attention"), importlib.import_module("ganjax.nn.conv")
+        need_choice("attention", attention.KINDS + ("none",))
+        need_choice("integration", attention.INTEGRATIONS)
         need_choice("mapping_norm", MAPPING_NORM)
         need_choice("compute_dtype", DTYPES)
-        need_choice("conv_impl", CONV_IMPLS)
+        need_choice("conv_impl", ("auto",) + conv.IMPLS)
         if not (isinstance(self.mapping_lrmul, (int, float)) and self.mapping_lrmul > 0):
             fail("mapping_lrmul", f"{self.mapping_lrmul!r} must be > 0")
         if not (isinstance(self.attention_dropout, (int, float)) and 0 <= self.attention_dropout < 1):
