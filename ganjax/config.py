@@ -384,6 +384,29 @@ def _mesh_problems(p, micro, num_devices):
     return problems, mesh
 
 
+def shard_map_problems(c, mesh) -> list[str]:
+    """The shard_map strategy's rules: a data-parallel program (mesh_model 1), whose per-device batch splits
+    into grad_accum micro-batches of whole minibatch-std groups. `mesh`: the (data, fsdp, model) sizes, None
+    (or -1) where not known yet; the step builder checks again with the real mesh."""
+    data, fsdp, model = mesh
+    if model not in (1, -1, None):
+        return [f"config.parallel.mesh_model: {model} with strategy 'shard_map', which is data parallel only "
+                f"(mesh_model must be 1)"]
+    t = c.train
+    if data in (None, -1) or fsdp in (None, -1) or t.batch_size % (data * fsdp):
+        return []  # the global batch against the shards is _mesh_problems' rule
+    local = t.batch_size // (data * fsdp)
+    if local % t.grad_accum:
+        return [f"config.train.grad_accum: the per-device batch {local} of the shard_map strategy is not "
+                f"divisible by it ({t.grad_accum})"]
+    micro = local // t.grad_accum
+    group = min(int(c.model.mbstd_group), micro)
+    if group > 0 and micro % group:
+        return [f"config.model.mbstd_group: the per-device micro-batch {micro} of the shard_map strategy is not "
+                f"divisible by the minibatch-std group {group}"]
+    return []
+
+
 def _cross_field_problems(c, num_devices):
     problems = []
     t = c.train
@@ -408,10 +431,8 @@ def _cross_field_problems(c, num_devices):
     if p.num_processes > 0 and not 0 <= p.process_id < p.num_processes:
         problems.append(f"config.parallel.process_id: {p.process_id} is not in [0, {p.num_processes}) "
                         f"(config.parallel.num_processes={p.num_processes})")
-    model_size = mesh[2] if mesh is not None else p.mesh_model  # -1 here: not known without the device count
-    if p.strategy == "shard_map" and model_size not in (1, -1):
-        problems.append(f"config.parallel.mesh_model: {model_size} with strategy 'shard_map', which is data "
-                        f"parallel only (mesh_model must be 1)")
+    if p.strategy == "shard_map":
+        problems += shard_map_problems(c, mesh if mesh is not None else (None, None, p.mesh_model))
     problems += importlib.import_module("ganjax.data.sources").problems(c)
     return problems
 

@@ -28,6 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ganjax.augment.adaptive import AugmentConfig
+from ganjax.config import shard_map_problems
 from ganjax.models.synthesis import NOISE_MODES
 from ganjax.parallel.distributed import barrier
 from ganjax.parallel.mesh import batch_axes
@@ -367,19 +368,9 @@ def make_train_step(config, mesh, G, D, g_opt, d_opt, state_shardings) -> TrainS
     z_shape = (cfg.batch_size, config.model.num_local + 1, config.model.z_dim)
 
     if strategy == "shard_map":
-        if mesh.shape["model"] != 1:
-            raise ValueError(f"parallel.mesh_model: the shard_map strategy is data-parallel only, got "
-                             f"mesh_model={mesh.shape['model']}")
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        local = cfg.batch_size // shards
-        if local % cfg.grad_accum:
-            raise ValueError(f"train.grad_accum: the per-device batch {local} is not divisible by it "
-                             f"({cfg.grad_accum})")
-        micro = local // cfg.grad_accum
-        group = min(int(config.model.mbstd_group), micro)
-        if group > 0 and micro % group:
-            raise ValueError(f"model.mbstd_group: the per-device micro-batch {micro} of the shard_map strategy "
-                             f"is not divisible by the minibatch-std group {group}")
+        problems = shard_map_problems(config, (mesh.shape["data"], mesh.shape["fsdp"], mesh.shape["model"]))
+        if problems:
+            raise ValueError(problems[0].removeprefix("config."))
         iteration = Iteration(G, D, g_opt, d_opt, cfg, axis_names=baxes)
     else:
         iteration = Iteration(G, D, g_opt, d_opt, cfg,
