@@ -1,4 +1,4 @@
-"""GANsformer presets: `--config configs/gansformer.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan]`.
+"""GANsformer presets: `--config configs/gansformer.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan][,length=long]`.
 
 Presets: shapes32, shapes64 (embedded procedural scenes, sized for a CPU); clevr256, ffhq256,
 bedroom256, cityscapes256, ffhq1024 (the reference's defaults, SPEC-gansformer.md sections 2, 3, 6).
@@ -21,8 +21,9 @@ def get_config(arg=None):
     m.attention_start_res, m.attention_end_res = 4, 128
     m.architecture_g = m.architecture_d = "resnet"
     if name == "clevr256" or name in presets.CPU:
-        # CLEVR style: 8 local + 1 global latents of 16; no global modulation, no mapping attention.
-        m.num_local, m.z_dim, m.w_dim = 8, 16, 16
+        # CLEVR style: 8 local (a CPU preset: its own count) + 1 global latents of 16; no global modulation,
+        # no mapping attention.
+        m.num_local, m.z_dim, m.w_dim = presets.CPU.get(name, {}).get("num_local", 8), 16, 16
         m.global_modulation, m.mapping_attention = False, False
     else:
         # FFHQ / LSUN-Bedroom / Cityscapes: 16 local + 1 global latents of 32.

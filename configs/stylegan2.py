@@ -1,5 +1,5 @@
 """StyleGAN2 baseline presets with the GANsformer presets' names and training defaults:
-`--config configs/stylegan2.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan]`.
+`--config configs/stylegan2.py:<preset>[,size=s|m|l|xl][,recipe=reference|r3gan][,length=long]`.
 
 No local latents and no attention; z = w = 512 through a plain 9-fc mapping network (8 fc + the output
 fc, as the reference's StyleGAN2 baseline); skip generator, resnet discriminator (StyleGAN2 config-f).

@@ -74,18 +74,28 @@ def test_size_ladder_scales_widths_and_latents():
     assert [(m.channel_base, m.channel_max, m.num_local) for m in got.values()] == [
         (16384, 256, 4), (32768, 512, 8), (65536, 1024, 12), (131072, 2048, 16)]
     small = load("stylegan2").get_config("shapes32,size=s").model
-    assert (small.channel_base, small.channel_max, small.num_local) == (1024, 32, 0)
+    assert (small.channel_base, small.channel_max, small.num_local) == (512, 16, 0)
 
 
 @pytest.mark.parametrize("arg, message", [
     ("mnist", "config preset 'mnist' is not one of ('shapes32'"),
     ("shapes32,size=xxl", f"config preset option size: 'xxl' is not one of {presets.OPTIONS['size']}"),
     ("shapes32,width=2", f"expected key=value with key in {tuple(presets.OPTIONS)}"),
+    ("shapes32,length=forever", f"config preset option length: 'forever' is not one of {presets.LENGTHS}"),
+    ("ffhq256,length=long", "config preset option length: 'ffhq256' is not a CPU preset"),
 ])
 def test_bad_preset_names_the_allowed_values(arg, message):
     with pytest.raises(ValueError) as e:
         load("gansformer").get_config(arg)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["gansformer", "stylegan2"])
+def test_long_length_changes_only_the_run_length(family):
+    default, long = (load(family).get_config(a) for a in ("shapes32", "shapes32,length=long"))
+    assert long.train.total_kimg == presets.CPU["shapes32"]["long_kimg"] > default.train.total_kimg
+    long.train.total_kimg = default.train.total_kimg
+    assert long.to_dict() == default.to_dict()
 
 
 def _bad(**fields):
@@ -122,7 +132,7 @@ def _bad(**fields):
     (dict(train__noise_mode="off"), "config.train.noise_mode: 'off' is not one of ('random', 'const', 'none')"),
     (dict(parallel__strategy="shard_map", parallel__mesh_model=2),
      "config.parallel.mesh_model: 2 with strategy 'shard_map', which is data parallel only"),
-    (dict(model__heads=3), "config.model.heads: 3 does not divide the 64 channels"),  # ModelConfig.validate()
+    (dict(model__heads=3), "config.model.heads: 3 does not divide the 32 channels"),  # ModelConfig.validate()
 ])
 def test_validate_names_the_field(fields, message):
     with pytest.raises(ConfigError) as e:

@@ -209,7 +209,8 @@ def test_the_study_sweeps_train_every_run_to_one_budget():
     from ganjax.train.cost import train_flops_per_image
 
     config = __import__("configs.gansformer", fromlist=["get_config"]).get_config("shapes32")
-    budget = 8000 * train_flops_per_image(ModelConfig.from_config(config.model), config.train) / 1e15
+    images = config.train.total_kimg * 1000  # the preset's length
+    budget = images * train_flops_per_image(ModelConfig.from_config(config.model), config.train) / 1e15
     families = _sweep_commands("--sweep", "gansformer_vs_stylegan2")
     assert [line.split()[4:6] for line in families] == [
         ["--config=configs/gansformer.py:shapes32", "--workdir=/nonexistent/sweep/000-gansformer"],
