@@ -91,7 +91,7 @@ def extract_features(batches, num_images, extractor, progress: str = ""):
         have += len(parts[-1])
         if progress and jax.process_index() == 0 and time.time() - said >= PROGRESS_SECONDS:
             said, elapsed = time.time(), time.time() - start
-            left = "" if num_images is None else f", ~{elapsed * (num_images - have) / have:.0f} s left"
+            left = "" if num_images is None else f", ~{elapsed * max(0, num_images - have) / have:.0f} s left"
             total = "" if num_images is None else f"/{num_images}"
             print(f"{progress}: {min(have, num_images or have)}{total} images ({elapsed:.0f} s{left})", flush=True)
     if num_images is not None and have < num_images:
