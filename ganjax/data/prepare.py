@@ -15,6 +15,7 @@ from ganjax.data import labels as labels_lib
 from ganjax.data import sources, tfds_catalog
 from ganjax.models.config import ModelConfig
 
+
 class DatasetDamaged(ValueError):
     """A prepared dataset's file does not hold what its dataset_info.json lists (the message names it)."""
 

@@ -23,8 +23,10 @@ class Source:
     labels: tuple[str, ...]            # the data.label names it offers
     make_builder: Callable             # (config.data, resolution, data_dir) -> its TFDS builder, not prepared
     required: dict = dataclasses.field(default_factory=dict)  # config.data field -> what it must name
-    label_count: Callable | None = None   # label -> class count, known without files; None: read from the
-    label_reader: Callable | None = None  # prepared dataset / label -> (example -> class); None: labels.STORED
+    # label -> class count, known without files (None: read from the prepared dataset's labels.STORED feature)
+    label_count: Callable | None = None
+    # label -> (example -> class) (None: the stored labels.STORED feature)
+    label_reader: Callable | None = None
 
 
 def _shapes_builder(d, resolution, data_dir):
