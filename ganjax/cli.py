@@ -10,10 +10,24 @@ import difflib
 import importlib
 import importlib.util
 import sys
+from typing import TYPE_CHECKING
 
 from absl import app, flags
 
 from ganjax.config import ConfigError, base_config
+
+if TYPE_CHECKING:  # the subcommand modules, for readers and import-graph tools; main() imports the chosen one
+    import ganjax.commands.bench
+    import ganjax.commands.convert
+    import ganjax.commands.data
+    import ganjax.commands.eval
+    import ganjax.commands.export
+    import ganjax.commands.info
+    import ganjax.commands.plan
+    import ganjax.commands.report
+    import ganjax.commands.sample
+    import ganjax.commands.sweep
+    import ganjax.commands.train  # noqa: F401
 
 COMMANDS = {
     "train": "train a GAN (resumes from the workdir's latest checkpoint)",

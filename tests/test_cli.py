@@ -15,6 +15,14 @@ def ganjax(*args, timeout=300):
     return run_killing_group([sys.executable, "-m", "ganjax", *args], timeout, cwd=ROOT)
 
 
+def test_the_subcommand_imports_name_every_command():
+    """cli.py lists the command modules as (type-checking) imports: the same set as COMMANDS, each a module."""
+    with open(cli.__file__) as f:
+        lines = [line.split()[1] for line in f if line.strip().startswith("import ganjax.commands.")]
+    imported = {name.rsplit(".", 1)[1] for name in lines}
+    assert imported == set(cli.COMMANDS) == set(cli.available())
+
+
 def test_top_level_help_lists_installed_commands():
     out = ganjax("--help")
     assert out.returncode == 0
