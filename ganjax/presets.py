@@ -31,9 +31,9 @@ CPU = {
     "shapes32": dict(resolution=32, channel_base=1024, channel_max=32, num_local=4, batch_size=16,
                      total_kimg=60.0, long_kimg=100.0, sample_every_kimg=5.0, checkpoint_every_kimg=10.0),
     "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, num_local=8, batch_size=16,
-                     total_kimg=8.0, long_kimg=32.0, sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
+                     total_kimg=8.0, sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
 }
-LENGTHS = ("default", "long")  # `length=long`: a CPU preset's long_kimg, for a user who can leave it running
+LENGTHS = ("default", "long")  # `length=long`: a preset's measured long_kimg, for a user who can leave it running
 
 NAMES = tuple(CPU) + tuple(REFERENCE)
 
@@ -122,9 +122,10 @@ def apply_dataset(c, name):
 def apply_options(c, name, options):
     """The options of preset `name`'s `:arg` string (OPTIONS), after the family's architecture is set."""
     if options.get("length", "default") == "long":
-        if name not in CPU:
-            raise ValueError(f"config preset option length: {name!r} is not a CPU preset; set "
-                             f"config.train.total_kimg for its run length")
+        if "long_kimg" not in CPU.get(name, {}):
+            have = [n for n, p in CPU.items() if "long_kimg" in p]
+            raise ValueError(f"config preset option length: {name!r} has no measured long length (only "
+                             f"{', '.join(have)}); set config.train.total_kimg for its run length")
         c.train.total_kimg = CPU[name]["long_kimg"]
     if "size" in options:
         apply_size(c, options["size"])

@@ -82,7 +82,7 @@ def test_size_ladder_scales_widths_and_latents():
     ("shapes32,size=xxl", f"config preset option size: 'xxl' is not one of {presets.OPTIONS['size']}"),
     ("shapes32,width=2", f"expected key=value with key in {tuple(presets.OPTIONS)}"),
     ("shapes32,length=forever", f"config preset option length: 'forever' is not one of {presets.LENGTHS}"),
-    ("ffhq256,length=long", "config preset option length: 'ffhq256' is not a CPU preset"),
+    ("ffhq256,length=long", "config preset option length: 'ffhq256' has no measured long length"),
 ])
 def test_bad_preset_names_the_allowed_values(arg, message):
     with pytest.raises(ValueError) as e:
