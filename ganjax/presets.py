@@ -24,7 +24,7 @@ REFERENCE = {
 
 # The embedded procedural scenes, sized for 2 CPU cores. shapes32 is tuned for quality per CPU-minute on the
 # measured FID curves of README's "Quality on the embedded scenes": the widths and local latents of the former
-# preset's size s (FID-1k 204 vs 238 at 10 kimg, at a quarter of the FLOPs and ~2.4x the img/s), its
+# preset's size s (FID-1k 204 vs 238 at 10 kimg, at a quarter of the FLOPs and ~2.7x the img/s), its
 # default length fits `bash launch/local.sh` in about 20 minutes, and `length=long` runs to the curve's best
 # point. num_local is GANsformer's local-latent count (StyleGAN2 has none).
 CPU = {
