@@ -10,6 +10,7 @@ from jax import lax
 
 from ganjax.nn import (BipartiteAttention, Dense, bias_act, conv2d, conv2d_resample, conv2d_transpose,
                        downsample2d, minibatch_std, modulated_conv2d, sinusoidal_grid, upfirdn2d, upsample2d)
+from ganjax.nn import backend
 from ganjax.nn.conv import default_impl
 
 RNG = np.random.default_rng(0)
@@ -219,10 +220,12 @@ def test_conv_impl_rejects_unknown():
 # ---------------------------------------------------------------- FIR resampling
 @pytest.mark.parametrize("up,down,pad,gain", [(1, 1, (1, 2, 2, 1), 1.0), (2, 1, (2, 1, 2, 1), 4.0),
                                               (1, 2, (1, 1, 1, 1), 1.0), (1, 1, (-1, 2, 0, -1), 2.0),
-                                              (2, 1, (1, 1, 1, 1), 4.0)])
-def test_upfirdn2d_matches_numpy(up, down, pad, gain):
+                                              (2, 1, (1, 1, 1, 1), 4.0), (1, 2, (-1, 0, 2, -1), 1.0)])
+@pytest.mark.parametrize("target", ["cpu", "tpu"])  # tpu: the depthwise-convolution form, run here on the CPU
+def test_upfirdn2d_matches_numpy(up, down, pad, gain, target):
     x = randn(2, 7, 6, 3)
-    got = upfirdn2d(jnp.asarray(x), F, up=up, down=down, padding=pad, gain=gain)
+    with backend.tracing_for(target):
+        got = upfirdn2d(jnp.asarray(x), F, up=up, down=down, padding=pad, gain=gain)
     np.testing.assert_allclose(got, np_upfirdn2d(x, F, up, down, pad, gain), atol=1e-5, rtol=1e-5)
 
 

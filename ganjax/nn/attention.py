@@ -87,7 +87,7 @@ class BipartiteAttention(nn.Module):
     def __call__(self, x, y, x_pos=None, y_pos=None, *, train: bool = False):
         """x [B, F, C], y [B, T, Cy], x_pos [F, P] | None, y_pos [T, P] | None.
 
-        Returns (new x [B, F, C] float32, probs [B, N, F, T], latent update [B, T, Cy] or None).
+        Returns (new x [B, F, C] in the compute dtype, probs [B, N, F, T], latent update [B, T, Cy] or None).
         """
         if self.kind not in KINDS:
             raise ValueError(f"attention kind {self.kind!r} is not one of {KINDS}")
@@ -138,8 +138,12 @@ class BipartiteAttention(nn.Module):
             wc = weight[..., :self.dim]
             pos_logits = jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:])
             if self.kmeans_iters == 1:
-                logits = (precision.einsum("bfc,cnt->bnft", x, jnp.einsum("cd,ntd->cnt", wq, wc), float32_result=True)
-                          + (pos_logits + jnp.einsum("c,ntc->nt", bq, wc)[:, None]))
+                # Contracted as [F, B, C] x [C, N*T] (one matmul; the transposes are of small or free arrays):
+                # the image's positions-major order is the convolutions' layout on TPU, so x's gradient from
+                # here needs no transposing copy there.
+                wqc = jnp.einsum("cd,ntd->cnt", wq, wc)
+                logits = precision.einsum("fbc,cnt->fbnt", jnp.swapaxes(x, 0, 1), wqc, float32_result=True)
+                logits = logits.transpose(1, 2, 0, 3) + (pos_logits + jnp.einsum("c,ntc->nt", bq, wc)[:, None])
             else:
                 q32 = plain_queries().astype(jnp.float32)
                 logits = jnp.einsum("bfc,ntc->bnft", q32, wc) + pos_logits
@@ -178,9 +182,10 @@ class BipartiteAttention(nn.Module):
         width = 2 * self.dim if self.integration == "both" else self.dim
         wm, bm = DenseWeights(width, axes=("heads", self.from_axis), name="modulation")(self.dim)
         vw = jnp.einsum("bnts,nso->bnto", split_heads(values, n).astype(jnp.float32), wm.reshape(n, s, width))
-        ctrl = (precision.einsum("bnft,bnto->bfo", probs.astype(self.dtype), vw)
-                + bm.astype(self.dtype)).astype(jnp.float32)
-        out = att_norm(x, self.integration) if self.norm else x.astype(jnp.float32)
+        # Integration in the compute dtype (the norm's statistics in float32): with bfloat16 the [B, F, C]
+        # values and their gradients stay 16-bit, where float32 ones were written to HBM and read back.
+        ctrl = precision.einsum("bnft,bnto->bfo", probs.astype(self.dtype), vw) + bm.astype(self.dtype)
+        out = att_norm(x, self.integration).astype(self.dtype) if self.norm else x
         if self.integration == "both":
             gain, bias = jnp.split(ctrl, 2, axis=-1)
         else:

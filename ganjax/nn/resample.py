@@ -1,8 +1,10 @@
 """FIR resampling with upfirdn2d semantics (StyleGAN2): upsample by zero insertion, pad (negative = crop),
 convolve with a normalised low-pass filter times `gain`, downsample by keeping every `down`-th sample.
 
-The filter is 1-D and separable (the 2-D filter is its outer product), applied as two 1-D passes written as
-weighted sums of shifted slices: no convolution op, cheap on every backend.
+The filter is 1-D and separable (the 2-D filter is its outer product). On CPU and GPU it is applied as two
+1-D passes written as weighted sums of shifted slices (or, for short axes on CPU, banded matmuls). On TPU it is
+one depthwise convolution: the two passes write and re-read an intermediate of x's size, forward and backward,
+which made a 256^2 up-convolution layer HBM-bound there (measured in docs/measurements.md).
 """
 
 import functools
@@ -10,6 +12,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ganjax.nn import backend
 
@@ -91,8 +94,24 @@ def upfirdn2d(x, f=DEFAULT_FILTER, *, up: int = 1, down: int = 1, padding=(0, 0,
     """x [B, H, W, C]; padding (x0, x1, y0, y1) as upfirdn2d; f 1-D taps (normalised here)."""
     f = setup_filter(f)
     px0, px1, py0, py1 = padding
+    if backend.platform() == "tpu":
+        return _upfirdn2d_depthwise(x, f, up, down, padding, gain)
     x = _upfirdn_axis(x, f, up, down, py0, py1, 1, gain)
     return _upfirdn_axis(x, f, up, down, px0, px1, 2, 1.0)
+
+
+def _upfirdn2d_depthwise(x, f, up, down, padding, gain):
+    """The same resampling as ONE depthwise convolution (the 2-D filter, flipped, on each channel): zero
+    insertion is the convolution's input dilation, subsampling its stride, pad / crop its window padding."""
+    px0, px1, py0, py1 = padding
+    c = x.shape[-1]
+    # Zero insertion is the convolution's input dilation ((n-1)*up+1 samples; upfirdn's n*up has up-1 more
+    # zeros at the end), pad / crop (negative) its window padding: XLA reads x once, without a padded copy.
+    k2 = np.outer(f, f)[::-1, ::-1] * gain  # true convolution: the filter flipped
+    kernel = jnp.asarray(np.broadcast_to(k2[:, :, None, None], k2.shape + (1, c)), x.dtype)
+    return lax.conv_general_dilated(x, kernel, (down, down), ((py0, py1 + up - 1), (px0, px1 + up - 1)),
+                                    lhs_dilation=(up, up), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=c)
 
 
 def upsample2d(x, f=DEFAULT_FILTER, factor: int = 2):
