@@ -24,7 +24,7 @@ from ganjax.checkpoint import Checkpointer
 from ganjax.checkpoint.trees import config_to_dict
 from ganjax.config import validate
 from ganjax.evaluate import EvaluationAbandoned, PeriodicEvaluation
-from ganjax.train import intervals, setup
+from ganjax.train import intervals, programs, setup
 from ganjax.train.cost import CostMeter
 from ganjax.train.length import EvalSchedule, RunLength
 from ganjax.train.startup_exit import StartupExit
@@ -135,10 +135,11 @@ class _LogWindow:
     def _reset(self):
         self.pending, self.start, self.data_wait, self.steps, self.compiling = [], time.time(), 0.0, 0, 0.0
 
-    def on_compiled(self, name: str, seconds: float):
-        self.compiling += seconds
+    def on_compiled(self, name: str, seconds: float, waited: float):
+        self.compiling += waited
         if self.is_main:
-            print(f"compiled the {name} training step in {seconds:.1f} s", flush=True)
+            during = f" (begun during start-up; the step waited {waited:.1f} s)" if waited < seconds - 0.05 else ""
+            print(f"compiled the {name} training step in {seconds:.1f} s{during}", flush=True)
 
     def next_batch(self, loader):
         """(reals, labels) of the next batch; labels is None unless the data is labelled (data.label)."""
@@ -343,6 +344,12 @@ def _start(config, workdir: str, fresh: bool, is_main: bool, resume_step, startu
     startup.phase = "building the model"
     tr = setup.build(config, mesh)
     length = RunLength(config)
+    ckpt = Checkpointer(workdir, config, mesh)
+    # The first step's program compiles (or loads from the cache) in the background from here, beside the
+    # Inception weights, the dataset and the checkpoint restore. If that restore falls back to an earlier step
+    # (a damaged checkpoint), the step compiles what it needs then.
+    first = resume_step if resume_step is not None else (ckpt.latest_step() or 0)
+    tr.train_step.compile_ahead(first, (tr.abstract_state(),) + programs.batch_args(tr))
     # FID etc. as EvalSchedule says (every eval.every_kimg / every_pflops, at_fractions, the last step). Built
     # first: it loads the Inception weights, so a missing file stops the run before anything else starts.
     startup.phase = "loading the Inception weights"
@@ -350,7 +357,6 @@ def _start(config, workdir: str, fresh: bool, is_main: bool, resume_step, startu
     startup.phase = "preparing the dataset"
     data.prepare(config)
     loader = data.make_loader(config, tr.batch_sharding)
-    ckpt = Checkpointer(workdir, config, mesh)
     if evaluation is not None:  # a preemption notice abandons an evaluation between its batches
         evaluation.stop = ckpt.preemption_noticed
     startup.phase = "restoring the checkpoint"

@@ -19,6 +19,7 @@ draws are independent.
 
 import dataclasses
 import math
+import threading
 import time
 from typing import Callable
 
@@ -292,6 +293,30 @@ class Iteration:
         return new, metrics
 
 
+class _Background:
+    """fn() in a daemon thread (a run that stops during start-up does not wait for it); result() joins it and
+    returns (fn's value, its seconds) or raises its exception."""
+
+    def __init__(self, fn: Callable):
+        self._fn, self._value, self._error, self._seconds = fn, None, None, 0.0
+        self._thread = threading.Thread(target=self._run, name="ganjax-compile-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        t0 = time.perf_counter()
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by result()
+            self._error = e
+        self._seconds = time.perf_counter() - t0
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value, self._seconds
+
+
 @dataclasses.dataclass
 class TrainStep:
     """Jitted iteration functions, one per combination of lazy phases, compiled on first use.
@@ -305,14 +330,26 @@ class TrainStep:
     ganjax/compilation_cache.py), and with several processes they all wait at a barrier of the
     distributed runtime before running it: one process may load it from the cache in a second while
     another compiles for minutes, and the first collective would otherwise time out waiting.
-    `on_compiled(name, seconds)` is told each compile (or cache load) as it finishes.
+    `compile_ahead` starts the first step's variant in a background thread from abstract arguments, so its
+    tracing, lowering and compile (or cache load) overlap the rest of start-up.
+    `on_compiled(name, seconds, waited)` is told each compile (or cache load) as its step first runs: how long
+    it took and how long the step waited for it.
     """
 
     cfg: StepConfig
     build: Callable[[tuple[str, ...]], Callable]
-    on_compiled: Callable[[str, float], None] | None = None
+    on_compiled: Callable[[str, float, float], None] | None = None
     _cache: dict = dataclasses.field(default_factory=dict)
     _compiled: dict = dataclasses.field(default_factory=dict)
+    _ahead: dict = dataclasses.field(default_factory=dict)
+
+    def compile_ahead(self, step: int, args: tuple):
+        """Compile the variant that iteration `step` runs, for `args` (ShapeDtypeStructs with the shardings of
+        the real arguments), in a background thread; its first call waits for it. XLA compiles and loads
+        without holding the GIL, so on a resume this overlaps the checkpoint restore and the dataset."""
+        key = self.cfg.fires(step)
+        if key not in self._compiled and key not in self._ahead:
+            self._ahead[key] = _Background(lambda: self.variant(key).lower(*args).compile())
 
     def variant(self, firing: tuple[str, ...]):
         """The jitted iteration with these lazy phases (StepConfig.fires)."""
@@ -332,10 +369,15 @@ class TrainStep:
         key = self.cfg.fires(step)
         if key not in self._compiled:
             t0 = time.perf_counter()
-            self._compiled[key] = self.variant(key).lower(*args).compile()
+            ahead = self._ahead.pop(key, None)
+            if ahead is not None:
+                self._compiled[key], seconds = ahead.result()
+            else:
+                self._compiled[key] = self.variant(key).lower(*args).compile()
+                seconds = time.perf_counter() - t0
             barrier(f"ganjax.train_step.{variant_name(key)}")
             if self.on_compiled is not None:
-                self.on_compiled(variant_name(key), time.perf_counter() - t0)
+                self.on_compiled(variant_name(key), seconds, time.perf_counter() - t0)
         return self._compiled[key](*args)
 
 
