@@ -69,3 +69,17 @@ def test_an_error_in_the_background_compile_is_raised_by_the_step():
     step.compile_ahead(0, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((2, 3), jnp.float32)))
     with pytest.raises(ValueError, match="the model failed to trace"):
         step(jnp.float32(0.0), jnp.ones((2, 3), jnp.float32), 0)
+
+
+def test_a_run_that_stops_before_its_first_step_waits_for_the_compile_and_keeps_it():
+    """finish_ahead (the loop's close, and a failed start-up) joins the background compile, so no thread is
+    inside XLA when the interpreter shuts down (that aborted the process: exit status 134 instead of 1)."""
+    built = []
+    step = _step(built)
+    step.compile_ahead(1, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((2, 3), jnp.float32)))
+    step.finish_ahead()
+    assert not step._ahead and () in step._compiled
+    failing = _step([], fail=True)
+    failing.compile_ahead(0, (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((2, 3), jnp.float32)))
+    failing.finish_ahead()  # its error is not the one to report: the run is stopping for another reason
+    assert not failing._ahead and not failing._compiled

@@ -351,6 +351,15 @@ class TrainStep:
         if key not in self._compiled and key not in self._ahead:
             self._ahead[key] = _Background(lambda: self.variant(key).lower(*args).compile())
 
+    def finish_ahead(self):
+        """Wait for compiles begun ahead that no step has taken (a run stopping before its first step): a
+        thread still inside XLA when the interpreter shuts down aborts the process. Their results are kept."""
+        for key in list(self._ahead):
+            try:
+                self._compiled[key] = self._ahead.pop(key).result()[0]
+            except Exception:  # noqa: BLE001 - the run is stopping for another reason, which is the one to report
+                pass
+
     def variant(self, firing: tuple[str, ...]):
         """The jitted iteration with these lazy phases (StepConfig.fires)."""
         key = tuple(firing)
