@@ -58,7 +58,9 @@ def markdown(rec: dict) -> str:
                   f"{100 * it['comm_share']:.1f}% of the roofline step.",
                   f"Ceilings: {it['img_per_s_per_chip']:.4g} img/s per chip ({it['img_per_s_per_chip'] * rec['chips']:.4g} "
                   f"on the slice), MFU {100 * it['mfu_ceiling']:.1f}% (analytic {it['analytic_flops'] / 1e12:.4g} "
-                  f"TFLOP per chip per iteration, XLA {it['flops'] / 1e12:.4g}).", ""]
+                  f"TFLOP per chip per iteration, XLA {it['flops'] / 1e12:.4g}"
+                  + (f"; the analytic count is {100 * (it['analytic_flops'] / it['flops'] - 1):.1f}% above XLA's, "
+                     f"so the ceiling stops at 100%" if it["analytic_flops"] > it["flops"] else "") + ").", ""]
         cost = rec["cost"]
         lines.append(f"Cost of {cost['length']}:")
         assumed = f"at MFU {cost['assume_mfu']:g} (assumed"

@@ -294,8 +294,9 @@ class Iteration:
 
 
 class _Background:
-    """fn() in a daemon thread (a run that stops during start-up does not wait for it); result() joins it and
-    returns (fn's value, its seconds) or raises its exception."""
+    """fn() in a thread of its own; result() joins it and returns (fn's value, its seconds) or raises its
+    exception. Daemon, so a process that ends with os._exit (a preemption notice during start-up) need not
+    join it; every other way out joins it first (TrainStep.finish_ahead)."""
 
     def __init__(self, fn: Callable):
         self._fn, self._value, self._error, self._seconds = fn, None, None, 0.0
@@ -346,7 +347,7 @@ class TrainStep:
     def compile_ahead(self, step: int, args: tuple):
         """Compile the variant that iteration `step` runs, for `args` (ShapeDtypeStructs with the shardings of
         the real arguments), in a background thread; its first call waits for it. XLA compiles and loads
-        without holding the GIL, so on a resume this overlaps the checkpoint restore and the dataset."""
+        without holding the GIL, so on a resume this overlaps the checkpoint restore and the first batch."""
         key = self.cfg.fires(step)
         if key not in self._compiled and key not in self._ahead:
             self._ahead[key] = _Background(lambda: self.variant(key).lower(*args).compile())
