@@ -450,7 +450,8 @@ def np_attention(p, kind, integration, norm, heads, iters, x, y, xp, yp):
     ("simplex", "mul", 1, 1), ("simplex", "add", 2, 1), ("simplex", "both", 2, 1),
     ("official", "mul", 1, 1), ("official", "add", 2, 1), ("official", "mul", 2, 3), ("official", "both", 1, 2),
     ("duplex", "mul", 2, 1), ("duplex", "add", 1, 1)])
-def test_attention_matches_numpy(kind, integration, heads, iters):
+@pytest.mark.parametrize("target", ["cpu", "tpu"])  # tpu: the positions-major logits, run here on the CPU
+def test_attention_matches_numpy(kind, integration, heads, iters, target):
     b, f, t, c, w = 2, 16, 5, 8, 12
     x, y, xp, yp = randn(b, f, c), randn(b, t, w), sinusoidal_grid(4, w), randn(t, w)
     att = BipartiteAttention(c, heads=heads, kind=kind, integration=integration, norm=True, kmeans_iters=iters)
@@ -458,7 +459,8 @@ def test_attention_matches_numpy(kind, integration, heads, iters):
     p = jax.tree_util.tree_map(np.asarray, meta.unbox(v["params"]))
     for name in ("modulation", "to_queries"):  # non-zero biases (they start at 0): the folds must carry them
         p[name]["bias"] = randn(*p[name]["bias"].shape)
-    out, probs, update = att.apply({"params": p}, x, y, xp, yp)
+    with backend.tracing_for(target):
+        out, probs, update = att.apply({"params": p}, x, y, xp, yp)
     ref_out, ref_probs, ref_update = np_attention(p, kind, integration, True, heads, iters, x, y, xp, yp)
     np.testing.assert_allclose(probs, ref_probs, atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(out, ref_out, atol=1e-4, rtol=1e-4)

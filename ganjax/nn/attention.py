@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ganjax.nn import precision
+from ganjax.nn import backend, precision
 from ganjax.nn.layers import Dense, DenseWeights, boxed_param, constant
 
 KINDS = ("simplex", "official", "duplex")
@@ -138,12 +138,15 @@ class BipartiteAttention(nn.Module):
             wc = weight[..., :self.dim]
             pos_logits = jnp.einsum("fc,ntc->nft", p32, weight[..., self.dim:])
             if self.kmeans_iters == 1:
-                # Contracted as [F, B, C] x [C, N*T] (one matmul; the transposes are of small or free arrays):
-                # the image's positions-major order is the convolutions' layout on TPU, so x's gradient from
-                # here needs no transposing copy there.
                 wqc = jnp.einsum("cd,ntd->cnt", wq, wc)
-                logits = precision.einsum("fbc,cnt->fbnt", jnp.swapaxes(x, 0, 1), wqc, float32_result=True)
-                logits = logits.transpose(1, 2, 0, 3) + (pos_logits + jnp.einsum("c,ntc->nt", bq, wc)[:, None])
+                if backend.platform() == "tpu":
+                    # Positions-major, [F, B, C] x [C, N*T]: the convolutions' layout on TPU, so x's gradient
+                    # from here needs no transposing copy (on CPU the swap would be one).
+                    logits = precision.einsum("fbc,cnt->fbnt", jnp.swapaxes(x, 0, 1), wqc, float32_result=True)
+                    logits = logits.transpose(1, 2, 0, 3)
+                else:
+                    logits = precision.einsum("bfc,cnt->bnft", x, wqc, float32_result=True)
+                logits = logits + (pos_logits + jnp.einsum("c,ntc->nt", bq, wc)[:, None])
             else:
                 q32 = plain_queries().astype(jnp.float32)
                 logits = jnp.einsum("bfc,ntc->bnft", q32, wc) + pos_logits
