@@ -355,8 +355,8 @@ def _start(config, workdir: str, fresh: bool, is_main: bool, resume_step, startu
     # A resumed run's first program compiles (or loads from the cache) in the background from here, beside
     # the checkpoint restore and the first batch; after the checks that can refuse the run (Inception weights,
     # dataset), so a refusal does not wait for a compile. A restore that falls back to an earlier step (a
-    # damaged checkpoint) compiles what that step needs when it runs. Not on a fresh run: its step 0 compiles
-    # beside the sample grid's program, and on one busy core the two together took 115 s against 99 s in turn.
+    # damaged checkpoint) compiles what that step needs when it runs. Not on a fresh run: its step 0 compiled
+    # beside the sample grid's program, and on one busy core that first start took 115 s end to end against 99 s.
     first = resume_step if resume_step is not None else ckpt.latest_step()
     if first:
         tr.train_step.compile_ahead(first, (tr.abstract_state(),) + programs.batch_args(tr))
