@@ -140,22 +140,60 @@ def test_the_plan_command_refuses_a_training_workdir_and_a_missing_slice(tmp_pat
     assert out.returncode != 0 and "unknown TPU slice 'v9-8'" in out.stderr
 
 
-def test_max_batch_bisects_to_the_largest_fitting_multiple(monkeypatch):
-    """The search itself, on a fake compiler that fits up to 44 images per chip."""
+def _fake_compiler(monkeypatch, need_gib, usable_gib):
+    """report.fits on a fake compiler whose heaviest iteration needs need_gib(b) GiB per chip; the batches
+    it was asked for, in order."""
     from ganjax.plan import report
 
     calls = []
 
     def fake_fits(config, slice_name, b, strategy):
         calls.append(b)
-        return b <= 44, {"memory": {"needed_bytes": b * 2**30, "usable_bytes": 44 * 2**30}}
+        need = need_gib(b)
+        return need <= usable_gib, {"memory": {"needed_bytes": need * 2**30, "usable_bytes": usable_gib * 2**30}}
 
     monkeypatch.setattr(report, "fits", fake_fits)
+    return calls
+
+
+def test_max_batch_finds_the_largest_fitting_multiple_in_few_compiles(monkeypatch):
+    """Memory affine in the batch (1 GiB per image, 44 usable): two doublings give the line, its guess (44)
+    fits and the next multiple does not, then two more past that refusal; 6 compiles where doubling and
+    bisection took 8."""
+    from ganjax.plan import report
+
+    calls = _fake_compiler(monkeypatch, lambda b: b, 44)
     got = report.max_batch(None, "v5e-4", "dp", step=4, log=lambda m: None)
-    assert got["max_batch_per_chip"] == 44
-    assert calls[:5] == [4, 8, 16, 32, 64] and len(calls) <= 8
-    monkeypatch.setattr(report, "fits", lambda *a: (False, {"memory": {"needed_bytes": 0, "usable_bytes": 1}}))
+    assert got["max_batch_per_chip"] == 44 and calls == [4, 8, 44, 48, 52, 56] and got["compiles"] == 6
+    assert got["needed_gib"][44] == 44 and got["usable_gib"] == 44
+    # from the plan's own batch, as `ganjax plan --max_batch` starts: 32 and 64 give the line
+    calls = _fake_compiler(monkeypatch, lambda b: 1.2 + 0.35 * b, 95.7)
+    got = report.max_batch(None, "v5p-8", "dp", start=32, log=lambda m: None)
+    assert got["max_batch_per_chip"] == 268 and calls[:3] == [32, 64, 268] and len(calls) == 6
+    # nothing fits; a start that does not fit halves; everything fits up to the limit
+    _fake_compiler(monkeypatch, lambda b: 100 + b, 50)
     assert report.max_batch(None, "v5e-4", "dp", log=lambda m: None)["max_batch_per_chip"] == 0
+    calls = _fake_compiler(monkeypatch, lambda b: b, 10)
+    assert report.max_batch(None, "v5e-4", "dp", start=32, log=lambda m: None)["max_batch_per_chip"] == 8
+    assert calls[:3] == [32, 16, 8]
+    _fake_compiler(monkeypatch, lambda b: 0, 1)
+    assert report.max_batch(None, "v5e-4", "dp", limit=64, log=lambda m: None)["max_batch_per_chip"] == 64
+
+
+def test_max_batch_looks_past_a_refusal_because_memory_is_not_monotone(monkeypatch):
+    """As the TPU compiler did for ffhq256 on v5e-8 fsdp (36 per chip needed 15.64 GiB, 40 needed 14.62): here
+    40 is refused and 44 fits. The line lands on 40, its neighbour 36 fits, and the search goes on past the
+    refusal to 44; with beyond=0 it stops at 36."""
+    from ganjax.plan import report
+
+    need = lambda b: {40: 41, 44: 40}.get(b, b)  # noqa: E731
+    calls = _fake_compiler(monkeypatch, need, 40.5)
+    got = report.max_batch(None, "v5e-8", "fsdp", log=lambda m: None)
+    assert got["max_batch_per_chip"] == 44 and got["tried"][40] is False and got["tried"][44] is True
+    assert calls == [4, 8, 40, 36, 44, 48, 52, 56]
+    assert "not monotone" in got["rule"] and "44 fits (40.00)" in report.max_batch_line(got)
+    _fake_compiler(monkeypatch, need, 40.5)
+    assert report.max_batch(None, "v5e-8", "fsdp", beyond=0, log=lambda m: None)["max_batch_per_chip"] == 36
 
 
 @needs_libtpu

@@ -42,8 +42,10 @@ flags.DEFINE_float("price", None, "price per chip-hour for the cost (default con
 flags.DEFINE_float("assume_mfu", None, "MFU assumed for the second cost estimate (default config.bench.assume_mfu)")
 flags.DEFINE_boolean("json", False, "print the plan record as one JSON line too")
 flags.DEFINE_string("out", "", "directory for plan.md / plan.jsonl (and the sweep's CSV, markdown and plot)")
-flags.DEFINE_boolean("max_batch", False, "bisect the largest per-chip batch that fits, per strategy")
+flags.DEFINE_boolean("max_batch", False, "search the largest per-chip batch that fits, per strategy (from --batch_per_chip)")
 flags.DEFINE_string("max_batch_strategies", "dp,fsdp,fsdp_tp", "strategies of --max_batch")
+flags.DEFINE_integer("max_batch_beyond", 2, "--max_batch also compiles this many multiples past the first refusal "
+                     "(the TPU compiler's memory is not monotone in the batch)")
 flags.DEFINE_boolean("sweep", False, "plan every --sweep_slices x --sweep_strategies x --sweep_sizes")
 flags.DEFINE_string("sweep_slices", "v5e-8,v5e-64,v5e-256,v5p-8,v5p-64,v5p-512,v4-8,v4-128,v6e-8,v6e-256",
                     "slices of --sweep")
@@ -94,7 +96,8 @@ def main(argv):
 
             bpc = FLAGS.batch_per_chip or max(1, config.train.batch_size // 8)
             rows = report.sweep(config, _csv(FLAGS.sweep_slices), _csv(FLAGS.sweep_strategies), _csv(FLAGS.sweep_sizes),
-                                bpc, FLAGS.out, max_batch_search=FLAGS.max_batch, plan_one=plan_one, log=_log)
+                                bpc, FLAGS.out, max_batch_search=FLAGS.max_batch, beyond=FLAGS.max_batch_beyond,
+                                plan_one=plan_one, log=_log)
             print(open(os.path.join(FLAGS.out, "plan_sweep.md")).read())
             print(f"ganjax plan --sweep: {len(rows)} plans -> {FLAGS.out}/plan_sweep.csv, plan_sweep.md, plan_sweep.png")
             return 0
@@ -104,13 +107,14 @@ def main(argv):
                                assume_mfu=FLAGS.assume_mfu,
                                price_per_chip_hour=FLAGS.price, log=_log)
         if FLAGS.max_batch:
-            rec["max_batch"] = [report.max_batch(config, FLAGS.tpu, s, log=_log)
+            rec["max_batch"] = [report.max_batch(config, FLAGS.tpu, s, start=rec["batch_per_chip"],
+                                                 beyond=FLAGS.max_batch_beyond, log=_log)
                                 for s in _csv(FLAGS.max_batch_strategies)]
     except (ConfigError, ValueError, tpu.LibtpuMissing) as e:
         raise SystemExit(f"ganjax plan: {e}") from None
     text = report.markdown(rec)
     for mb in rec.get("max_batch", []):
-        text += f"\nLargest per-chip batch that fits, {mb['strategy']}: {mb['max_batch_per_chip']} (tried {mb['tried']})"
+        text += "\n" + report.max_batch_line(mb)
     print(text)
     if FLAGS.json:
         print(json.dumps(rec))

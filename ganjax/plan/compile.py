@@ -172,7 +172,7 @@ def compile_plan(config, slice_name: str, *, phases: bool = True, sample: bool =
     """Compile the loop's programs of an already configured config (see `configure`) for the slice.
 
     variants: 'all' iteration variants, or one by name ('plain', 'r1', ...), or 'heaviest' (every lazy phase
-    on: the largest program, which decides whether a batch fits; for bisection). The plan cache lives in
+    on: the largest program, which decides whether a batch fits; for the --max_batch search). The plan cache lives in
     config.compilation_cache/plan ("" turns it off)."""
     cache_dir = os.path.join(config.compilation_cache, "plan") if config.compilation_cache else None
     if not variants:

@@ -1,5 +1,5 @@
-"""Plans as text, and the two searches over plans: the largest per-chip batch that fits (bisection over
-compiles) and a sweep of slices x strategies x model sizes (CSV, markdown, plots)."""
+"""Plans as text, and the two searches over plans: the largest per-chip batch that fits (a few compiles, see
+max_batch) and a sweep of slices x strategies x model sizes (CSV, markdown, plots)."""
 
 import csv
 import json
@@ -83,29 +83,78 @@ def fits(config, slice_name: str, batch_per_chip: int, strategy: str) -> tuple[b
     return rec["memory"]["fits"], rec
 
 
-def max_batch(config, slice_name: str, strategy: str, *, step: int = 4, limit: int = 4096, log=print) -> dict:
-    """The largest per-chip batch (a multiple of `step`, the minibatch-std group) whose heaviest iteration
-    fits, by doubling then bisection over compiles. {'strategy', 'max_batch_per_chip', 'tried': {b: fits}}."""
+def max_batch_line(mb: dict) -> str:
+    tried = ", ".join(f"{b} {'fits' if f else 'refused'} ({mb['needed_gib'][b]:.2f})" for b, f in mb["tried"].items())
+    return (f"Largest per-chip batch that fits, {mb['strategy']}: {mb['max_batch_per_chip']} "
+            f"({mb['compiles']} compiles, GiB needed of {mb['usable_gib']:.2f}: {tried}; {mb['rule']})")
+
+
+def max_batch(config, slice_name: str, strategy: str, *, step: int = 4, limit: int = 4096, start: int | None = None,
+              beyond: int = 2, log=print) -> dict:
+    """The largest per-chip batch (a multiple of `step`, the minibatch-std group) whose heaviest iteration fits.
+
+    A 256^2 compile takes 8-19 min on a 2-core host, so the search spends few of them. HBM per chip is close to
+    affine in the batch (state + batch x activations): from `start` (or `step`) it doubles until two batches
+    fit, then compiles where the line through the two nearest the boundary (the largest that fits and the
+    smallest refused, or the two largest that fit) reaches the usable HBM, and that guess's neighbour on the
+    other side; it bisects where the line does not land strictly inside the bracket. It stops when a fitting
+    batch and a refused one are `step` apart. The compiler's memory is not monotone in the batch, though
+    (ffhq256 on v5e-8 fsdp: 36 per chip needed 15.64 GiB, 40 needed 14.62), so `beyond` more multiples past
+    that refusal are compiled, and the search goes on above any that fits.
+    {'strategy', 'max_batch_per_chip', 'tried': {b: fits}, 'needed_gib': {b: GiB}, 'usable_gib', 'compiles',
+    'rule'}."""
+    if step < 1 or limit < step or beyond < 0:
+        raise ValueError(f"max_batch: step {step}, limit {limit}, beyond {beyond}: need 1 <= step <= limit, beyond >= 0")
     tried: dict[int, bool] = {}
+    need: dict[int, float] = {}
+    usable = [math.nan]
 
     def ok(b):
         if b not in tried:
             tried[b], rec = fits(config, slice_name, b, strategy)
+            need[b], usable[0] = rec["memory"]["needed_bytes"], rec["memory"]["usable_bytes"]
             log(f"plan --max_batch {strategy}: {b} per chip {'fits' if tried[b] else 'does not fit'} "
-                f"({rec['memory']['needed_bytes'] / GIB:.2f} of {rec['memory']['usable_bytes'] / GIB:.2f} GiB)")
+                f"({need[b] / GIB:.2f} of {usable[0] / GIB:.2f} GiB)")
         return tried[b]
 
-    lo, hi = 0, step  # lo fits (0 trivially), hi untested
-    while hi <= limit and ok(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + step)
-    while hi - lo > step:  # invariant: lo fits (or 0), hi does not (or is past the limit)
-        mid = (lo + hi) // (2 * step) * step
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return {"strategy": strategy, "max_batch_per_chip": lo, "tried": dict(sorted(tried.items()))}
+    def line(lo, hi):
+        """The multiple of step where the line through lo and hi (or, with no refusal yet, the two largest
+        batches that fit) reaches the usable HBM, if it lies strictly between lo and hi."""
+        pts = [lo, hi] if lo in tried and hi in tried else sorted(b for b in tried if tried[b])[-2:]
+        if len(pts) < 2:
+            return None
+        b1, b2 = pts
+        slope = (need[b2] - need[b1]) / (b2 - b1)
+        guess = int((b1 + (usable[0] - need[b1]) / slope) // step) * step if slope > 0 else 0
+        return guess if lo < guess < hi else None
+
+    limit = limit // step * step
+    lo, hi = 0, limit + step  # lo: the largest batch found to fit (0: none); hi: a refused one above it, or past the limit
+    b = min(limit, max(step, int(start or step) // step * step))
+    while True:
+        while hi - lo > step:
+            guessed = False
+            if b is None or not lo < b < hi:
+                b = line(lo, hi)
+                guessed = b is not None
+                if not guessed:  # double up to the first refusal, then bisect
+                    b = min(2 * lo, limit) if hi > limit and lo else (lo + hi) // (2 * step) * step
+            if ok(b):
+                lo, b = b, (b + step if guessed else None)  # a guess that fits: is the next multiple refused?
+            else:
+                hi, b = b, (b - step if guessed else None)
+        if not lo or hi > limit:
+            break
+        found = [c for c in range(hi + step, min(hi + beyond * step, limit) + 1, step) if ok(c)]
+        if not found:
+            break
+        lo, b = max(found), None  # memory fell again past a refusal: search on above it
+        hi = min((c for c in tried if not tried[c] and c > lo), default=limit + step)
+    return {"strategy": strategy, "max_batch_per_chip": lo, "tried": dict(sorted(tried.items())),
+            "needed_gib": {b: round(need[b] / GIB, 3) for b in sorted(need)},
+            "usable_gib": round(usable[0] / GIB, 3), "compiles": len(tried),
+            "rule": f"multiples of {step} up to {limit}; {beyond} past the first refusal also tried, as the "
+                    "compiler's memory is not monotone in the batch"}
 
 
 SWEEP_COLUMNS = ("name", "size", "slice", "chips", "strategy", "batch_per_chip", "fits", "hbm_gib_per_chip",
@@ -126,7 +175,7 @@ def sweep_row(rec: dict, size: str) -> dict:
 
 
 def sweep(config, slices: list[str], strategies: list[str], sizes: list[str], batch_per_chip: int, out_dir: str, *,
-          max_batch_search: bool = False, plan_one=None, log=print) -> list[dict]:
+          max_batch_search: bool = False, beyond: int = 2, plan_one=None, log=print) -> list[dict]:
     """Every slice x strategy x size: a plan (its iteration variants) per point, appended to
     out_dir/plan_sweep.jsonl; then plan_sweep.csv, plan_sweep.md and plan_sweep.png."""
     os.makedirs(out_dir, exist_ok=True)
@@ -143,7 +192,7 @@ def sweep(config, slices: list[str], strategies: list[str], sizes: list[str], ba
                     f.write(json.dumps(rec) + "\n")
                 log(f"plan --sweep size={size} {slice_name} {strategy}: {rec['verdict']}")
                 if max_batch_search:
-                    mb = max_batch(sized, slice_name, strategy, log=log)
+                    mb = max_batch(sized, slice_name, strategy, start=rec["batch_per_chip"], beyond=beyond, log=log)
                     maxes.append({"size": size, "slice": slice_name, "g_plus_d_params": sum(rec["params"].values()),
                                   **mb})
     with open(os.path.join(out_dir, "plan_sweep.csv"), "w", newline="") as f:
