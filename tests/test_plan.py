@@ -254,3 +254,37 @@ def test_an_assumed_mfu_above_the_roofline_ceiling_is_flagged():
     c = base_config()
     assert run_cost(c, 8, 0.182, 0.118, 0.4, 0.0)["assumed_beats_roofline"]
     assert not run_cost(c, 8, 0.107, 0.190, 0.4, 0.0)["assumed_beats_roofline"]
+
+
+def test_the_sweep_writes_its_table_plot_and_max_batches_for_every_point(tmp_path, monkeypatch):
+    """`ganjax plan --sweep --max_batch` on a fake compiler (the compiles are the tests above): every slice x
+    strategy x size is one CSV/markdown row, each with its max-batch search (started at the plan's batch),
+    and the plot is written. HBM here is 1 GiB of state per channel_max/512 plus 0.25 GiB per image."""
+    import csv
+
+    from ganjax.plan import report
+
+    def fake_plan(c, slice_name, strategy, batch_per_chip):
+        usable = {"v5e-8": 15.75, "v5p-8": 95.74}[slice_name]
+        need = c.model.channel_max / 512 + 0.25 * batch_per_chip
+        return {"name": c.name, "slice": slice_name, "chips": 8, "strategy": strategy,
+                "batch_per_chip": batch_per_chip, "params": {"g": c.model.channel_max, "d": c.model.channel_max},
+                "memory": {"fits": need <= usable, "needed_bytes": need * 2**30, "usable_bytes": usable * 2**30},
+                "iteration": {"step_s": 0.1, "bound": "compute", "comm_bytes": 1e6, "comm_share": 0.01,
+                              "img_per_s_per_chip": 10 * batch_per_chip, "mfu_ceiling": 0.9},
+                "verdict": "fits" if need <= usable else "does not fit", "compile_s": 1.0}
+
+    monkeypatch.setattr(report, "fits", lambda c, s, b, st: (lambda r: (r["memory"]["fits"], r))(fake_plan(c, s, st, b)))
+    c = tiny(channel_max=1024)
+    rows = report.sweep(c, ["v5e-8", "v5p-8"], ["dp", "fsdp"], ["s", "m"], 8, str(tmp_path), max_batch_search=True,
+                        plan_one=fake_plan, log=lambda m: None)
+    assert len(rows) == 8 and all(r["fits"] for r in rows)
+    with open(tmp_path / "plan_sweep.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["size"], r["slice"], r["strategy"]) for r in got][:3] == [("s", "v5e-8", "dp"), ("s", "v5e-8", "fsdp"),
+                                                                          ("s", "v5p-8", "dp")]
+    md = (tmp_path / "plan_sweep.md").read_text()
+    # size s halves channel_max to 512 (1 GiB of state): v5e fits (15.75 - 1) / 0.25 = 59 -> 56 per chip
+    assert "| s | v5e-8 | dp | 1,024 | 56 | 56 |" in md and "| m | v5p-8 | fsdp | 2,048 | 372 | 372 |" in md
+    assert (tmp_path / "plan_sweep.png").stat().st_size > 10_000
+    assert len((tmp_path / "plan_sweep.jsonl").read_text().splitlines()) == 8

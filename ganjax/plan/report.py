@@ -220,10 +220,11 @@ def sweep(config, slices: list[str], strategies: list[str], sizes: list[str], ba
             f.write("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
                                       for k in SWEEP_COLUMNS) + " |\n")
         if maxes:
-            f.write("\n| size | slice | strategy | G+D params | max batch per chip |\n|---|---|---|---|---|\n")
+            f.write("\n| size | slice | strategy | G+D params | max batch per chip | with headroom |\n"
+                    "|---|---|---|---|---|---|\n")
             for m in maxes:
                 f.write(f"| {m['size']} | {m['slice']} | {m['strategy']} | {m['g_plus_d_params']:,} | "
-                        f"{m['max_batch_per_chip']} |\n")
+                        f"{m['max_batch_per_chip']} | {m['max_batch_with_headroom']} |\n")
     plot(rows, maxes, out_dir)
     return rows
 
