@@ -288,3 +288,17 @@ def test_the_sweep_writes_its_table_plot_and_max_batches_for_every_point(tmp_pat
     assert "| s | v5e-8 | dp | 1,024 | 56 | 56 |" in md and "| m | v5p-8 | fsdp | 2,048 | 372 | 372 |" in md
     assert (tmp_path / "plan_sweep.png").stat().st_size > 10_000
     assert len((tmp_path / "plan_sweep.jsonl").read_text().splitlines()) == 8
+
+
+def test_both_forms_of_the_tpu_compilers_refusal_give_the_bytes_it_needed():
+    """The messages as libtpu 0.0.42.1 wrote them (from this host's plan cache): the v5e form without the
+    byte counts used to leave the needed HBM unknown (printed as inf)."""
+    from ganjax.plan.compile import _oom
+
+    a = _oom("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+             "(103.03G) exceeds available HBM (95.74G).")
+    b = _oom("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory "
+             "in memory space hbm. Used 15.88G of 15.75G hbm. Exceeded hbm capacity by 132.48M.")
+    assert a["required_bytes"] == 103.03 * 2**30 and a["available_bytes"] == 95.74 * 2**30
+    assert b["required_bytes"] == 15.88 * 2**30 and b["available_bytes"] == 15.75 * 2**30
+    assert _oom("INVALID_ARGUMENT: something else") is None

@@ -36,7 +36,10 @@ STRATEGY_MESHES = {  # the default mesh of each strategy on n chips (fsdp_tp: te
     "fsdp_tp": lambda n: {"data": 1, "fsdp": max(n // 2, 1), "model": 2 if n > 1 else 1},
     "shard_map": lambda n: {"data": n, "fsdp": 1, "model": 1},
 }
-_OOM = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+# The TPU compiler's two forms of refusal: "...required for HLO temporaries (103.03G) exceeds available HBM
+# (95.74G)" and "CompileTimeHbmOom: ... Used 15.88G of 15.75G hbm" (seen on v5e).
+_OOM = (re.compile(r"\(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)"),
+        re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"))
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -92,11 +95,13 @@ class CompiledProgram:
     firing: tuple = ()  # an iteration variant's lazy phases (programs.Program.firing)
 
 
-def _oom(error: Exception) -> dict | None:
+def _oom(error: Exception | str) -> dict | None:
+    """{'message', 'required_bytes', 'available_bytes'} of the compiler's refusal (the byte counts where its
+    message says them), or None for any other error."""
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text:
         return None
-    m = _OOM.search(text)
+    m = next((m for m in (r.search(text) for r in _OOM) if m), None)
     out = {"message": text.strip().splitlines()[0][:500]}
     if m:
         out["required_bytes"] = float(m.group(1)) * _UNITS[m.group(2)]
@@ -129,6 +134,8 @@ def compile_program(prog: programs.Program, num_devices: int, cache_dir: str | N
                 cached = json.load(f)
             out.compile_s, out.stats, out.oom, out.collectives = (cached["compile_s"], cached["stats"],
                                                                   cached["oom"], cached["collectives"])
+            if out.oom is not None:  # read again: kept before every form of the message was understood
+                out.oom = _oom(out.oom["message"])
             out.cached = True
             return out
     t0 = time.perf_counter()
