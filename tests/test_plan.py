@@ -151,7 +151,9 @@ def _fake_compiler(monkeypatch, need_gib, usable_gib, accepts=None):
     def fake_fits(config, slice_name, b, strategy):
         calls.append(b)
         need = need_gib(b)
-        return (need <= usable_gib if accepts is None else accepts(b)), {"memory": {"needed_bytes": need * 2**30, "usable_bytes": usable_gib * 2**30}}
+        ok = need <= usable_gib if accepts is None else accepts(b)
+        return ok, {"memory": {"needed_bytes": need * 2**30, "usable_bytes": usable_gib * 2**30,
+                               "tight": ok and need > usable_gib}}  # as roofline.plan_record marks it
 
     monkeypatch.setattr(report, "fits", fake_fits)
     return calls
@@ -269,7 +271,8 @@ def test_the_sweep_writes_its_table_plot_and_max_batches_for_every_point(tmp_pat
         need = c.model.channel_max / 512 + 0.25 * batch_per_chip
         return {"name": c.name, "slice": slice_name, "chips": 8, "strategy": strategy,
                 "batch_per_chip": batch_per_chip, "params": {"g": c.model.channel_max, "d": c.model.channel_max},
-                "memory": {"fits": need <= usable, "needed_bytes": need * 2**30, "usable_bytes": usable * 2**30},
+                "memory": {"fits": need <= usable, "tight": False, "needed_bytes": need * 2**30,
+                           "usable_bytes": usable * 2**30},
                 "iteration": {"step_s": 0.1, "bound": "compute", "comm_bytes": 1e6, "comm_share": 0.01,
                               "img_per_s_per_chip": 10 * batch_per_chip, "mfu_ceiling": 0.9},
                 "verdict": "fits" if need <= usable else "does not fit", "compile_s": 1.0}

@@ -83,15 +83,15 @@ def fits(config, slice_name: str, batch_per_chip: int, strategy: str) -> tuple[b
     return rec["memory"]["fits"], rec
 
 
-def _fit_word(fits: bool, need_gib: float, usable_gib: float) -> str:
-    """'fits', 'fits, tight' (the compiler accepted it, but its memory analysis totals more than the usable HBM:
-    no headroom to count on, see roofline.plan_record) or 'refused'."""
-    return ("fits" if need_gib <= usable_gib else "fits, tight") if fits else "refused"
+def _fit_word(fits: bool, tight: bool) -> str:
+    """'fits', 'fits, tight' (roofline.plan_record's memory["tight"]: accepted, but its memory analysis totals
+    more than the usable HBM) or 'refused'."""
+    return ("fits, tight" if tight else "fits") if fits else "refused"
 
 
 def max_batch_line(mb: dict) -> str:
     u = mb["usable_gib"]
-    tried = ", ".join(f"{b} {_fit_word(f, mb['needed_gib'][b], u)} ({mb['needed_gib'][b]:.2f})"
+    tried = ", ".join(f"{b} {_fit_word(f, b in mb['tight'])} ({mb['needed_gib'][b]:.2f})"
                       for b, f in mb["tried"].items())
     return (f"Largest per-chip batch that fits, {mb['strategy']}: {mb['max_batch_per_chip']}; with its memory "
             f"analysis under the usable HBM: {mb['max_batch_with_headroom']} "
@@ -113,20 +113,23 @@ def max_batch(config, slice_name: str, strategy: str, *, step: int = 4, limit: i
     "Fits" is the TPU compiler's verdict (it accepted the program); a batch it accepted whose memory analysis
     totals more than the usable HBM is "tight" (ffhq256 on v5p-8 dp: 372 per chip accepted at 103.66 of 95.74
     GiB), and 'max_batch_with_headroom' is the largest batch tried that fits without being tight.
-    {'strategy', 'max_batch_per_chip', 'max_batch_with_headroom', 'tried': {b: fits}, 'needed_gib': {b: GiB},
+    {'strategy', 'max_batch_per_chip', 'max_batch_with_headroom', 'tried': {b: fits}, 'tight': [b], 'needed_gib': {b: GiB},
     'usable_gib', 'compiles', 'rule'}."""
     if step < 1 or limit < step or beyond < 0:
         raise ValueError(f"max_batch: step {step}, limit {limit}, beyond {beyond}: need 1 <= step <= limit, beyond >= 0")
     tried: dict[int, bool] = {}
     need: dict[int, float] = {}
+    tight: set[int] = set()
     usable = [math.nan]
 
     def ok(b):
         if b not in tried:
             tried[b], rec = fits(config, slice_name, b, strategy)
             need[b], usable[0] = rec["memory"]["needed_bytes"], rec["memory"]["usable_bytes"]
+            if rec["memory"]["tight"]:
+                tight.add(b)
             log(f"plan --max_batch {strategy}: {b} per chip "
-                f"{_fit_word(tried[b], need[b], usable[0]).replace('refused', 'does not fit')} "
+                f"{_fit_word(tried[b], b in tight).replace('refused', 'does not fit')} "
                 f"({need[b] / GIB:.2f} of {usable[0] / GIB:.2f} GiB)")
         return tried[b]
 
@@ -164,8 +167,8 @@ def max_batch(config, slice_name: str, strategy: str, *, step: int = 4, limit: i
         lo, b = max(found), None  # memory fell again past a refusal: search on above it
         hi = min((c for c in tried if not tried[c] and c > lo), default=limit + step)
     return {"strategy": strategy, "max_batch_per_chip": lo,
-            "max_batch_with_headroom": max((c for c in tried if tried[c] and need[c] <= usable[0]), default=0),
-            "tried": dict(sorted(tried.items())),
+            "max_batch_with_headroom": max((c for c in tried if tried[c] and c not in tight), default=0),
+            "tried": dict(sorted(tried.items())), "tight": sorted(tight),
             "needed_gib": {b: round(need[b] / GIB, 3) for b in sorted(need)},
             "usable_gib": round(usable[0] / GIB, 3), "compiles": len(tried),
             "rule": f"multiples of {step} up to {limit}; {beyond} past the first refusal also tried, as the "
