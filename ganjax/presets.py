@@ -26,11 +26,15 @@ REFERENCE = {
 # measured FID curves of README's "Quality on the embedded scenes": the widths and local latents of the former
 # preset's size s (FID-1k 204 vs 238 at 10 kimg, at a quarter of the FLOPs and ~2.7x the img/s), its
 # default length fits `bash launch/local.sh` in about 20 minutes, and `length=long` runs to where GANsformer's
-# curve stops falling (FID-1k 86.3 at 160 kimg, 87.0 at 180, 86.2 at 200). num_local is GANsformer's local-latent count (StyleGAN2 has none).
+# curve stops falling (FID-1k 86.3 at 160 kimg, 87.0 at 180, 86.2 at 200, at the former R1 gamma 0.1). Its R1
+# gamma is 1: at 0.1 the StyleGAN2 twin's D wins and its grids collapse to one layout, and GANsformer at 1 scored
+# 109.5-116.7 at 60 kimg and 87.3-99.1 at 100 (two seeds) against 138.5 and 107.7-114.7 at 0.1. The reference's
+# gamma 10 is far too strong at 32^2; shapes64 keeps 0.1 (not measured at 1). num_local is GANsformer's
+# local-latent count (StyleGAN2 has none).
 CPU = {
-    "shapes32": dict(resolution=32, channel_base=1024, channel_max=32, num_local=4, batch_size=16,
+    "shapes32": dict(resolution=32, channel_base=1024, channel_max=32, num_local=4, batch_size=16, r1_gamma=1.0,
                      total_kimg=60.0, long_kimg=160.0, sample_every_kimg=5.0, checkpoint_every_kimg=10.0),
-    "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, num_local=8, batch_size=16,
+    "shapes64": dict(resolution=64, channel_base=4096, channel_max=64, num_local=8, batch_size=16, r1_gamma=0.1,
                      total_kimg=8.0, sample_every_kimg=1.0, checkpoint_every_kimg=2.0),
 }
 LENGTHS = ("default", "long")  # `length=long`: a preset's measured long_kimg, for a user who can leave it running
@@ -94,11 +98,10 @@ def apply_dataset(c, name):
         c.train.total_kimg = p["total_kimg"]
         c.train.sample_every_kimg = p["sample_every_kimg"]
         c.checkpoint.every_kimg = p["checkpoint_every_kimg"]
-        # A few-kimg run: the reference's 10-kimg EMA half-life would leave G_ema near its init,
-        # and R1 at gamma 10 is far too strong for 32^2 images (StyleGAN2-ADA uses 0.01-0.1 at 32^2).
+        # A few-kimg run: the reference's 10-kimg EMA half-life would leave G_ema near its init.
         c.train.ema_kimg = 0.5
         c.train.ema_rampup = 0.05
-        c.train.r1_gamma = 0.1
+        c.train.r1_gamma = p["r1_gamma"]
         c.train.log_every = 10
         c.eval.num_images = 1000  # FID-1k: minutes on a CPU; not comparable with the literature's FID-50k
         return c

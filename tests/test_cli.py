@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ganjax import cli
+from ganjax import cli, presets
 from subprocess_util import run_killing_group  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def test_train_override_reaches_the_trainer(tmp_path):
     with open(workdir / "config.json") as f:
         resolved = json.load(f)
     assert resolved["train"]["lr_g"] == 0.0005 and resolved["model"]["channel_max"] == 16
-    assert resolved["train"]["r1_gamma"] == 0.1  # untouched preset values survive
+    assert resolved["train"]["r1_gamma"] == presets.CPU["shapes32"]["r1_gamma"]  # untouched preset values survive
     # ... and the optimizers ran at them, with the reference's lazy-regularisation scaling: G at the overridden lr
     # x 4/5 (the path-length interval 4 counts even with path length off, as in the authors' and StyleGAN2-ADA's
     # loop), D at the preset's 0.002 x 16/17 (lazy R1 every 16)
