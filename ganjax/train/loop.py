@@ -141,6 +141,13 @@ class _LogWindow:
             during = f" (begun during start-up; the step waited {waited:.1f} s)" if waited < seconds - 0.05 else ""
             print(f"compiled the {name} training step in {seconds:.1f} s{during}", flush=True)
 
+    def on_first_grid(self, seconds: float):
+        """The first sample grid of a session compiles G_ema's sampling (and attention-overlay) programs: its
+        seconds count as compile time, not training (else the first log line's rate and ETA are off)."""
+        self.compiling += seconds
+        if self.is_main:
+            print(f"compiled the sample grid's programs in {seconds:.1f} s (with the first grid)", flush=True)
+
     def next_batch(self, loader):
         """(reals, labels) of the next batch; labels is None unless the data is labelled (data.label)."""
         t0 = time.time()
@@ -416,7 +423,7 @@ def _steps(s: _Session, hooks, startup: StartupExit) -> dict:
         if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)
             _save_reals(reals, int(t.sample_grid), s.workdir, s.is_main)
             if s.samples is not None:
-                s.samples(0, s.state)
+                _grid(s, 0)
         s.state, metrics = s.tr.train_step(s.state, reals, step, labels)
         startup.disarm()  # compiled and dispatched: from here a notice saves at the step boundary
         done = step + 1
@@ -441,10 +448,18 @@ def _steps(s: _Session, hooks, startup: StartupExit) -> dict:
             last = window.log(done, extra)
             ckpt.check_saves()  # a failed asynchronous save stops the run here, not at the next save
         if s.samples is not None and s.samples.due(done):
-            s.samples(done, s.state)
+            _grid(s, done)
         ckpt.maybe_save(done, s.state, s.loader, s.history)
         step = done
     ckpt.maybe_save(step, s.state, s.loader, s.history, force=True)
     if s.samples is not None and step > s.start and s.samples.last != step:
-        s.samples(step, s.state)
+        _grid(s, step)
     return last
+
+
+def _grid(s: _Session, step: int):
+    """The sample grid of `step`; the session's first one tells the log window how long it took."""
+    first, t0 = s.samples.last < 0, time.time()
+    s.samples(step, s.state)
+    if first:
+        s.window.on_first_grid(time.time() - t0)
