@@ -3,13 +3,20 @@ events readable by tensorboard, the D loss falls, the skip limit stops a run."""
 
 import json
 import os
+import re
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from ganjax import data
 from ganjax.config import base_config
+from ganjax.models import ModelConfig
 from ganjax.train import loop
+from ganjax.train.cost import CostMeter, train_flops_per_image
+from ganjax.train.length import RunLength
+from ganjax.train.summary import MetricWriter
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def run_config(tmp_path, steps):
 
 
 @pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
-def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
+def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache, capsys):
     c = run_config(tmp_path, steps=40)
     workdir = tmp_path / "run"
     final = loop.train(c, str(workdir))
@@ -56,9 +63,6 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
                 "compute/pflops", "compute/device_seconds"):
         assert all(np.isfinite(x[key]) for x in lines), key
     # Cumulative compute: analytic FLOPs of the images seen, and wall time x the 8 devices.
-    from ganjax.train.cost import train_flops_per_image
-    from ganjax.models import ModelConfig
-
     per_image = train_flops_per_image(ModelConfig.from_config(c.model), c.train)
     assert lines[-1]["compute/pflops"] == pytest.approx(40 * 8 * per_image / 1e15)
     seconds = [x["compute/device_seconds"] for x in lines]
@@ -66,6 +70,9 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
     # Compiling holds the devices too: the meter counts it, the rate does not.
     assert seconds[-1] == pytest.approx(8 * sum(x["step_time"] * 5 + x["compile_time"] for x in lines), rel=1e-6)
     assert lines[0]["compile_time"] > 0 and lines[-1]["compile_time"] == 0
+    # The step-0 grid compiles G_ema's sampling programs inside the first window: its seconds are compile time.
+    grid = re.search(r"compiled the sample grid's programs in ([0-9.]+) s", capsys.readouterr().out)
+    assert grid and lines[0]["compile_time"] >= float(grid.group(1)) - 0.05
     assert lines[-1]["kimg"] == pytest.approx(0.32)
     assert lines[-1]["lr/d"] == pytest.approx(0.002 * 4 / 5)
     assert any("D/r1_penalty" in x for x in lines)
@@ -99,8 +106,6 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache):
 
 @pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
 def test_consecutive_non_finite_steps_stop_the_run(tmp_path, compile_cache, monkeypatch):
-    from ganjax import data
-
     make_loader = data.make_loader
 
     class Poisoned:
@@ -141,9 +146,6 @@ class _Interrupted(Exception):
 
 @pytest.mark.slow  # compiles the full GAN step of a real model (~1 CPU-min per program)
 def test_a_compute_budget_run_stops_at_its_budget_and_resumes_to_the_same_end(tmp_path, compile_cache, monkeypatch):
-    from ganjax.models import ModelConfig
-    from ganjax.train.cost import train_flops_per_image
-
     monkeypatch.setattr(loop, "PeriodicEvaluation", _StepScore)
     c = run_config(tmp_path, steps=1)
     t = c.train
@@ -171,3 +173,45 @@ def test_a_compute_budget_run_stops_at_its_budget_and_resumes_to_the_same_end(tm
         assert [(r["step"], r["fid"]) for r in records if "fid" in r] == [(3, 3.0), (6, 6.0)], name
     a, b = (runs[k][0] for k in runs)
     assert a["D/loss"] == b["D/loss"] and a["G/loss"] == b["G/loss"]  # the resume continued exactly
+
+
+class _Clock:
+    """time.time for the loop module: moves only when the test says."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_first_log_line_rate_excludes_the_step_compiles_and_the_first_grid(tmp_path, monkeypatch, capsys):
+    """A window of 5 steps: 12 s waiting on the step compile, 3 s on the first sample grid (G_ema's programs
+    compile there), 1.25 s of steps. The rate and ETA count the steps; compile_time holds the 15 s; the meter all.
+    The clock's steps are exact in binary, so the figures are exact."""
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=clock))
+    c = run_config(tmp_path, steps=40)
+    meter = CostMeter(ModelConfig.from_config(c.model), c.train, num_devices=8)
+    window = loop._LogWindow(c, meter, MetricWriter(str(tmp_path / "run")), [], RunLength(c), is_main=True)
+    clock.now += 3.0
+    window.on_first_grid(3.0)
+    clock.now += 12.0
+    window.on_compiled("main", 12.0, waited=12.0)
+    for _ in range(5):
+        clock.now += 0.25
+        window.add({"G/loss": 1.0, "D/loss": 1.0, "skipped": 0.0})
+    line = window.log(5, {})
+    assert line["compile_time"] == 15.0 and line["step_time"] == 0.25
+    assert line["img_per_sec"] == 5 * 8 / 1.25
+    assert line["compute/device_seconds"] == 8 * 16.25
+    out = capsys.readouterr().out
+    assert "compiled the sample grid's programs in 3.0 s (with the first grid)" in out
+    assert "32.0 img/s" in out and "ETA 0m08s" in out  # 35 steps left at 0.25 s
+    # The next window has no compile in it.
+    for _ in range(5):
+        clock.now += 0.5
+        window.add({"G/loss": 1.0, "D/loss": 1.0, "skipped": 0.0})
+    line = window.log(10, {})
+    assert line["compile_time"] == 0 and line["step_time"] == 0.5
+    assert line["compute/device_seconds"] == 8 * (16.25 + 2.5)
