@@ -52,6 +52,19 @@ def test_the_first_call_uses_the_program_compiled_ahead():
     assert float(out) == 19.0 and built == [(), ("d_r1",)] and told[1][0] == "r1" and told[1][2] >= told[1][1]
 
 
+def test_each_programs_first_run_is_timed_once():
+    """on_first_run is told each variant's first execution once (the step waits for its outputs), after the
+    steps still in flight; later calls of that variant are not timed."""
+    timed = []
+    step = _step([])
+    step.on_first_run = lambda name, seconds: timed.append((name, seconds))
+    state, reals = jnp.float32(1.0), jnp.ones((2, 3), jnp.float32)
+    for i in range(5):
+        state, _ = step(state, reals, i)
+    assert [name for name, _ in timed] == ["r1", "plain"] and all(seconds > 0 for _, seconds in timed)
+    assert float(state) == 1.0 + 6 * (2 + 1 + 2 + 1 + 2)
+
+
 def test_a_step_that_is_not_the_one_compiled_ahead_compiles_its_own():
     built = []
     step = _step(built)

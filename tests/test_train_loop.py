@@ -68,8 +68,12 @@ def test_short_run_learns_and_writes_the_workdir(tmp_path, compile_cache, capsys
     seconds = [x["compute/device_seconds"] for x in lines]
     assert all(b > a for a, b in zip(seconds, seconds[1:]))
     # Compiling holds the devices too: the meter counts it, the rate does not.
-    assert seconds[-1] == pytest.approx(8 * sum(x["step_time"] * 5 + x["compile_time"] for x in lines), rel=1e-6)
+    # The first window's steps 0 (R1) and 1 (plain) are their programs' first runs: timed apart, not in the rate.
+    trained = [3] + [5] * (len(lines) - 1)
+    assert seconds[-1] == pytest.approx(8 * sum(x["step_time"] * n + x["first_run_time"] + x["compile_time"]
+                                                for x, n in zip(lines, trained)), rel=1e-6)
     assert lines[0]["compile_time"] > 0 and lines[-1]["compile_time"] == 0
+    assert lines[0]["first_run_time"] > 0 and all(x["first_run_time"] == 0 for x in lines[1:])
     # The step-0 grid compiles G_ema's sampling programs inside the first window: its seconds are compile time.
     grid = re.search(r"compiled the sample grid's programs in ([0-9.]+) s", capsys.readouterr().out)
     assert grid and lines[0]["compile_time"] >= float(grid.group(1)) - 0.05
@@ -215,3 +219,30 @@ def test_first_log_line_rate_excludes_the_step_compiles_and_the_first_grid(tmp_p
     line = window.log(10, {})
     assert line["compile_time"] == 0 and line["step_time"] == 0.5
     assert line["compute/device_seconds"] == 8 * (16.25 + 2.5)
+
+
+def test_a_programs_first_run_is_left_out_of_the_rate(tmp_path, monkeypatch, capsys):
+    """A window of 5 steps whose first two were the R1 and plain programs' first runs (1.5 s and 1 s, timed by
+    the step): the rate is the other 3 steps' (0.25 s each); first_run_time holds the 2.5 s; the meter counts
+    all. A window of first runs alone (log_every 1) keeps its own rate. Exact in binary, as above."""
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=clock))
+    c = run_config(tmp_path, steps=40)
+    meter = CostMeter(ModelConfig.from_config(c.model), c.train, num_devices=8)
+    window = loop._LogWindow(c, meter, MetricWriter(str(tmp_path / "run")), [], RunLength(c), is_main=True)
+    for seconds in (1.5, 1.0):
+        clock.now += seconds
+        window.on_first_run("r1" if seconds > 1 else "plain", seconds)
+        window.add({"G/loss": 1.0, "D/loss": 1.0, "skipped": 0.0})
+    for _ in range(3):
+        clock.now += 0.25
+        window.add({"G/loss": 1.0, "D/loss": 1.0, "skipped": 0.0})
+    line = window.log(5, {})
+    assert line["first_run_time"] == 2.5 and line["step_time"] == 0.25 and line["img_per_sec"] == 32.0
+    assert line["compute/device_seconds"] == 8 * 3.25
+    assert "32.0 img/s" in capsys.readouterr().out
+    clock.now += 2.0
+    window.on_first_run("plain", 2.0)
+    window.add({"G/loss": 1.0, "D/loss": 1.0, "skipped": 0.0})
+    line = window.log(6, {})
+    assert line["first_run_time"] == 0 and line["step_time"] == 2.0 and line["img_per_sec"] == 4.0

@@ -120,7 +120,8 @@ class _LogWindow:
     """The metrics of the steps since the last log line, fetched and averaged every train.log_every steps
     (one device sync per window), with the window's rates: img/s and s/kimg count training only, the seconds
     spent compiling (or loading) step programs (compile_time) and evaluating (eval/seconds) are logged apart
-    and counted by the cost meter (the devices are held then too)."""
+    and counted by the cost meter (the devices are held then too). So is each step program's first run in a
+    session (first_run_time): its step is left out of the window's rate, unless the window holds nothing else."""
 
     def __init__(self, config, meter: CostMeter, writer: MetricWriter, history: list, length: RunLength,
                  is_main: bool):
@@ -132,14 +133,25 @@ class _LogWindow:
         self.run_start = time.time()
         self._reset()
 
+    def restart(self):
+        """Start the first window's clock at the first step: the restore, the sample grids' fixed latents and
+        the rest of start-up before it are not training."""
+        self._reset()
+
     def _reset(self):
         self.pending, self.start, self.data_wait, self.steps, self.compiling = [], time.time(), 0.0, 0, 0.0
+        self.first_runs, self.first_run_time = 0, 0.0
 
     def on_compiled(self, name: str, seconds: float, waited: float):
         self.compiling += waited
         if self.is_main:
             during = f" (begun during start-up; the step waited {waited:.1f} s)" if waited < seconds - 0.05 else ""
             print(f"compiled the {name} training step in {seconds:.1f} s{during}", flush=True)
+
+    def on_first_run(self, name: str, seconds: float):
+        """A step program's first execution in this session (TrainStep.on_first_run): not the steady rate."""
+        self.first_runs += 1
+        self.first_run_time += seconds
 
     def on_first_grid(self, seconds: float):
         """The first sample grid of a session compiles G_ema's sampling (and attention-overlay) programs: its
@@ -178,18 +190,22 @@ class _LogWindow:
     def log(self, done: int, extra: dict) -> dict:
         now = time.time()
         evaluating = float(extra.get("eval/seconds", 0.0))  # an evaluation in this window: not training time
-        elapsed = max(now - self.start - self.compiling - evaluating, 1e-9)
+        training = max(now - self.start - self.compiling - evaluating, 1e-9)
+        # The rate over the steps that were not a program's first run (unless the window holds only those).
+        first_runs, first_run_time = ((self.first_runs, self.first_run_time) if self.steps > self.first_runs
+                                      else (0, 0.0))
+        steps, elapsed = self.steps - first_runs, max(training - first_run_time, 1e-9)
         logged = _average(self.pending)
         kimg = done * self.batch / 1000
         logged.update(extra)
         for name, lr in self.lrs.items():  # the constant lrs, where the step does not log ramped ones
             logged.setdefault(name, lr)
         logged.update({
-            "kimg": kimg, "img_per_sec": self.steps * self.batch / elapsed,
-            "sec_per_kimg": elapsed / (self.steps * self.batch / 1000), "step_time": elapsed / self.steps,
-            "data_wait_share": self.data_wait / elapsed, "wall_time": now - self.run_start,
-            "compile_time": self.compiling})
-        logged.update(self.meter.update(done, elapsed + self.compiling + evaluating))
+            "kimg": kimg, "img_per_sec": steps * self.batch / elapsed,
+            "sec_per_kimg": elapsed / (steps * self.batch / 1000), "step_time": elapsed / steps,
+            "data_wait_share": self.data_wait / training, "wall_time": now - self.run_start,
+            "compile_time": self.compiling, "first_run_time": first_run_time})
+        logged.update(self.meter.update(done, training + self.compiling + evaluating))
         self.writer.scalars(done, logged)
         self.history.append({"step": done, **logged})
         if self.is_main:
@@ -391,6 +407,7 @@ def _restored_session(config, workdir, is_main, resume_step, startup, tr, length
     writer = MetricWriter(workdir, enabled=is_main, start_step=start)
     window = _LogWindow(config, meter, writer, history, length, is_main)
     tr.train_step.on_compiled = window.on_compiled
+    tr.train_step.on_first_run = window.on_first_run
     return _Session(config=config, workdir=workdir, is_main=is_main, tr=tr, length=length, loader=loader, ckpt=ckpt,
                     evaluation=evaluation, schedule=EvalSchedule(config, length, meter.device_seconds),
                     writer=writer, window=window, state=state, history=history, start=start,
@@ -418,6 +435,8 @@ def _steps(s: _Session, hooks, startup: StartupExit) -> dict:
     if finished:
         print(f"already at step {step}, the end of the run's length ({s.length.describe()}); nothing to do",
               flush=True)
+    jax.block_until_ready(s.state)  # a restore still landing is start-up, not the first window's training
+    window.restart()
     while not finished:
         reals, labels = window.next_batch(s.loader)
         if step == 0:  # a fresh run: the reals grid and the step-0 fakes (every process gathers)

@@ -334,12 +334,16 @@ class TrainStep:
     `compile_ahead` starts the first step's variant in a background thread from abstract arguments, so its
     tracing, lowering and compile (or cache load) overlap the rest of start-up.
     `on_compiled(name, seconds, waited)` is told each compile (or cache load) as its step first runs: how long
-    it took and how long the step waited for it.
+    it took and how long the step waited for it. `on_first_run(name, seconds)` is told how long each variant's
+    first execution took, measured by waiting for its outputs (once per variant and session, so the pipeline
+    loses one step of overlap): on XLA:CPU a program's first run is several times slower than the next ones
+    (buffers, thread pools, kernels warming up), which a rate over that window would count as training speed.
     """
 
     cfg: StepConfig
     build: Callable[[tuple[str, ...]], Callable]
     on_compiled: Callable[[str, float, float], None] | None = None
+    on_first_run: Callable[[str, float], None] | None = None
     _cache: dict = dataclasses.field(default_factory=dict)
     _compiled: dict = dataclasses.field(default_factory=dict)
     _ahead: dict = dataclasses.field(default_factory=dict)
@@ -377,7 +381,8 @@ class TrainStep:
                              f"{'no labels' if labels is None else 'labels'}")
         args = (state, reals) if labels is None else (state, reals, labels)
         key = self.cfg.fires(step)
-        if key not in self._compiled:
+        first = key not in self._compiled
+        if first:
             t0 = time.perf_counter()
             ahead = self._ahead.pop(key, None)
             if ahead is not None:
@@ -388,7 +393,13 @@ class TrainStep:
             barrier(f"ganjax.train_step.{variant_name(key)}")
             if self.on_compiled is not None:
                 self.on_compiled(variant_name(key), seconds, time.perf_counter() - t0)
-        return self._compiled[key](*args)
+        if not (first and self.on_first_run is not None):
+            return self._compiled[key](*args)
+        jax.block_until_ready(args)  # the steps still in flight: their time, not this first run's
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(self._compiled[key](*args))
+        self.on_first_run(variant_name(key), time.perf_counter() - t0)
+        return out
 
 
 def gathered_param_shardings(config, state_shardings):
